@@ -1,0 +1,5 @@
+//! gateway-example: a chat gateway built on hooks-core.
+
+fn main() {
+    println!("gateway-example: not yet");
+}

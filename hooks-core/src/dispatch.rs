@@ -1,0 +1,401 @@
+//! The dispatcher: delivers one event to every handler subscribed to it, each one isolated.
+//!
+//! # Isolation
+//!
+//! With [`Isolation::Contained`] (the default) a handler that returns `Err`, panics, or runs past its
+//! timeout is logged (with the hook's name, the event and the session), counted in its
+//! [`HandlerStats`], and the other handlers run as if nothing happened. Async handlers are cancelled
+//! (dropped) at their timeout: the per-hook `timeout = "5s"` if the hook set one, else
+//! [`DispatchConfig::default_timeout`].
+//!
+//! A **plain `fn` handler cannot be interrupted**: it runs on the dispatching task until it returns.
+//! The dispatcher still measures it and reports an overrun as a timeout, but it cannot stop it. A hook
+//! that does blocking work (file or database I/O, CPU-heavy summaries) should be an `async fn` that
+//! moves that work to tokio's blocking pool, so the timeout can abandon it:
+//!
+//! ```
+//! use hooks_core::prelude::*;
+//!
+//! #[hook(session_end, timeout = "2s")]
+//! async fn archive(ev: &SessionEnd) -> Result<(), HookError> {
+//!     let lines: Vec<String> = ev.transcript.entries().iter().map(|m| m.text.clone()).collect();
+//!     // The blocking write runs on the blocking pool; if it takes longer than 2 s the dispatcher
+//!     // stops waiting for it and reports a timeout, and the gateway goes on.
+//!     tokio::task::spawn_blocking(move || std::fs::write(std::env::temp_dir().join("last.txt"), lines.join("\n")))
+//!         .await
+//!         .map_err(HookError::msg)??;
+//!     Ok(())
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! # Order
+//!
+//! Handlers of one event are started in registry order (ascending priority, then module path, then
+//! name). Plain `fn` handlers run to completion when their turn comes; async handlers run
+//! concurrently once started, so one slow async handler delays the event's completion (up to its
+//! timeout) but not the start of the others. [`Dispatcher::deliver`] returns when every handler is done
+//! or cancelled; callers deliver the events of one session key one after another, which is what keeps
+//! per-key order. Decision events ([`Command`]) are the exception: their handlers run strictly one
+//! after another, because each sees the command as rewritten by the ones before.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use serde::Serialize;
+
+use crate::context::{HookContext, HookError, State};
+use crate::event::{Command, CommandDecision};
+use crate::registry::{EVENT_NAMES, Event, Handler, Hook, Registry};
+
+/// Whether handler failures are contained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// Panics are caught, async handlers are cancelled at their timeout, durations are measured.
+    #[default]
+    Contained,
+    /// Handlers are called directly: a panic propagates to the caller and there are no timeouts.
+    /// Errors are still counted and logged. For trusted handlers on the hottest paths and for
+    /// measuring the cost of isolation.
+    Off,
+}
+
+/// The dispatcher's settings.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    /// The timeout of a hook that did not set its own; `None` for no limit. Default: 10 seconds, long
+    /// enough for a hook that calls a remote service, short enough that a hung one is noticed.
+    pub default_timeout: Option<Duration>,
+    /// Whether failures are contained. Default: [`Isolation::Contained`].
+    pub isolation: Isolation,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self { default_timeout: Some(Duration::from_secs(10)), isolation: Isolation::Contained }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    panics: AtomicU64,
+    timeouts: AtomicU64,
+    nanos: AtomicU64,
+}
+
+/// What happened to one handler call that did not succeed.
+#[derive(Debug)]
+enum Failure {
+    Error(HookError),
+    Panic(String),
+    Timeout(Duration),
+}
+
+/// The result of delivering one observer event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// How many handlers were called.
+    pub handlers: usize,
+    /// How many of them failed (error, panic or timeout); each was logged and counted.
+    pub failed: usize,
+}
+
+/// The outcome of a [`Command`] after its decision handlers ran.
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    /// Run the command: `command.text` is the text after every rewrite.
+    Allowed {
+        /// The command as it should run.
+        command: Command,
+        /// How many handlers failed (counted as allowing).
+        failed: usize,
+    },
+    /// Do not run it; tell the user `message`.
+    Denied {
+        /// The command as it stood when it was denied.
+        command: Command,
+        /// The hook that denied it.
+        hook: &'static str,
+        /// What to tell the user.
+        message: String,
+    },
+}
+
+/// One handler's counters since the dispatcher was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HandlerStats {
+    /// The event, e.g. `"session_end"`.
+    pub event: &'static str,
+    /// The hook's name.
+    pub name: &'static str,
+    /// The module that defines it.
+    pub module_path: &'static str,
+    /// Calls started.
+    pub calls: u64,
+    /// Calls that returned `Err`.
+    pub errors: u64,
+    /// Calls that panicked.
+    pub panics: u64,
+    /// Calls cancelled at (async) or overrunning (sync) their timeout.
+    pub timeouts: u64,
+    /// Time spent in the handler over all calls, in nanoseconds (measured only with
+    /// [`Isolation::Contained`]).
+    pub total_nanos: u64,
+}
+
+/// Delivers events to the handlers of a [`Registry`]. Cheap to share: wrap it in an `Arc`.
+///
+/// ```
+/// use hooks_core::prelude::*;
+/// use hooks_core::dispatch::Dispatcher;
+///
+/// static SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+///
+/// #[hook(gateway_startup)]
+/// fn count(_ev: &GatewayStartup) {
+///     SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let dispatcher = Dispatcher::from_inventory();
+/// let report = dispatcher.deliver(&GatewayStartup::new(jiff::Timestamp::now(), 1)).await;
+/// assert_eq!((report.handlers, report.failed), (1, 0));
+/// assert_eq!(SEEN.load(std::sync::atomic::Ordering::SeqCst), 1);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Dispatcher {
+    registry: Arc<Registry>,
+    state: Arc<State>,
+    config: DispatchConfig,
+    counters: Vec<Box<[Counters]>>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `registry` with default settings and empty state.
+    pub fn new(registry: impl Into<Arc<Registry>>) -> Self {
+        Self::with_config(registry, State::new(), DispatchConfig::default())
+    }
+
+    /// A dispatcher over every hook linked into the binary ([`Registry::from_inventory`]).
+    pub fn from_inventory() -> Self {
+        Self::new(Registry::from_inventory())
+    }
+
+    /// A dispatcher over `registry`, handing `state` to hooks, with `config`.
+    pub fn with_config(registry: impl Into<Arc<Registry>>, state: State, config: DispatchConfig) -> Self {
+        let registry = registry.into();
+        let mut counts = vec![0usize; EVENT_NAMES.len()];
+        for meta in registry.metas() {
+            let i = EVENT_NAMES.iter().position(|n| *n == meta.event()).expect("catalogue event");
+            counts[i] += 1;
+        }
+        let counters = counts.into_iter().map(|n| (0..n).map(|_| Counters::default()).collect()).collect();
+        Self { registry, state: Arc::new(state), config, counters }
+    }
+
+    /// The registry it delivers from.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The state handed to hooks.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    /// Delivers `event` to every handler of its type (first delivery attempt).
+    pub async fn deliver<E: Event<Output = ()>>(&self, event: &E) -> Delivery {
+        self.deliver_attempt(event, 1).await
+    }
+
+    /// Delivers `event` as delivery attempt `attempt` (2 or more when an outbox re-delivers it).
+    pub async fn deliver_attempt<E: Event<Output = ()>>(&self, event: &E, attempt: u32) -> Delivery {
+        let list = self.registry.hook_list::<E>();
+        let hooks = list.as_slice();
+        let mut ctx = self.context(event, attempt);
+        let failed = if list.all_sync() {
+            hooks.iter().enumerate().filter(|(i, hook)| self.call_sync(*i, hook, event, &mut ctx).is_none()).count()
+        } else {
+            let calls = hooks.iter().enumerate().map(|(i, hook)| {
+                let mut ctx = ctx.clone();
+                async move { self.call(i, hook, event, &mut ctx).await }
+            });
+            futures::future::join_all(calls).await.iter().filter(|r| r.is_none()).count()
+        };
+        Delivery { handlers: hooks.len(), failed }
+    }
+
+    /// Asks the [`Command`] handlers whether `command` may run; see [`CommandDecision`] for the rule.
+    pub async fn decide(&self, mut command: Command) -> Verdict {
+        let hooks = self.registry.hooks::<Command>();
+        let mut ctx = self.context(&command, 1);
+        let mut failed = 0;
+        for (i, hook) in hooks.iter().enumerate() {
+            match self.call(i, hook, &command, &mut ctx).await {
+                None => failed += 1,
+                Some(CommandDecision::Allow) => {}
+                Some(CommandDecision::Rewrite { text }) => command.text = text,
+                Some(CommandDecision::Deny { message }) => {
+                    return Verdict::Denied { command, hook: hook.meta().name(), message };
+                }
+            }
+        }
+        Verdict::Allowed { command, failed }
+    }
+
+    /// Every handler's counters, events in catalogue order, handlers in call order.
+    pub fn stats(&self) -> Vec<HandlerStats> {
+        let metas = self.registry.metas();
+        let counters = self.counters.iter().flat_map(|c| c.iter());
+        metas
+            .into_iter()
+            .zip(counters)
+            .map(|(m, c)| HandlerStats {
+                event: m.event(),
+                name: m.name(),
+                module_path: m.module_path(),
+                calls: c.calls.load(Ordering::Relaxed),
+                errors: c.errors.load(Ordering::Relaxed),
+                panics: c.panics.load(Ordering::Relaxed),
+                timeouts: c.timeouts.load(Ordering::Relaxed),
+                total_nanos: c.nanos.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn context<E: Event>(&self, event: &E, attempt: u32) -> HookContext {
+        HookContext {
+            hook: "",
+            event_id: event.event_id(),
+            session_id: event.session_id(),
+            attempt,
+            timeout: None,
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    fn timeout_of<E: Event>(&self, hook: &Hook<E>) -> Option<Duration> {
+        match self.config.isolation {
+            Isolation::Contained => hook.meta().timeout().or(self.config.default_timeout),
+            Isolation::Off => None,
+        }
+    }
+
+    fn counters<E: Event>(&self, index: usize) -> &Counters {
+        &self.counters[E::INDEX][index]
+    }
+
+    /// Calls a plain `fn` handler; `None` if it failed (already reported).
+    fn call_sync<E: Event>(&self, index: usize, hook: &Hook<E>, event: &E, ctx: &mut HookContext) -> Option<E::Output> {
+        let Handler::Sync(f) = hook.handler() else { unreachable!("call_sync on an async hook") };
+        ctx.hook = hook.meta().name();
+        ctx.timeout = self.timeout_of(hook);
+        let counters = self.counters::<E>(index);
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        let result = match self.config.isolation {
+            Isolation::Off => f(event, ctx).map_err(Failure::Error),
+            Isolation::Contained => {
+                let started = Instant::now();
+                let result = catch_unwind(AssertUnwindSafe(|| f(event, ctx)));
+                let elapsed = started.elapsed();
+                counters.nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+                match result {
+                    Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
+                    Ok(Err(e)) => Err(Failure::Error(e)),
+                    Ok(Ok(_)) if ctx.timeout.is_some_and(|t| elapsed > t) => Err(Failure::Timeout(elapsed)),
+                    Ok(Ok(out)) => Ok(out),
+                }
+            }
+        };
+        self.settle(hook, event, counters, result)
+    }
+
+    /// Calls any handler; `None` if it failed (already reported).
+    async fn call<E: Event>(
+        &self,
+        index: usize,
+        hook: &Hook<E>,
+        event: &E,
+        ctx: &mut HookContext,
+    ) -> Option<E::Output> {
+        let f = match hook.handler() {
+            Handler::Sync(_) => return self.call_sync(index, hook, event, ctx),
+            Handler::Async(f) => f,
+        };
+        ctx.hook = hook.meta().name();
+        ctx.timeout = self.timeout_of(hook);
+        let counters = self.counters::<E>(index);
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        let result = match self.config.isolation {
+            Isolation::Off => f(event, ctx).await.map_err(Failure::Error),
+            Isolation::Contained => {
+                let started = Instant::now();
+                let fut = AssertUnwindSafe(f(event, ctx)).catch_unwind();
+                let result = match ctx.timeout {
+                    Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
+                    None => Ok(fut.await),
+                };
+                counters.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                match result {
+                    Err(limit) => Err(Failure::Timeout(limit)),
+                    Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
+                    Ok(Ok(Err(e))) => Err(Failure::Error(e)),
+                    Ok(Ok(Ok(out))) => Ok(out),
+                }
+            }
+        };
+        self.settle(hook, event, counters, result)
+    }
+
+    fn settle<E: Event>(
+        &self,
+        hook: &Hook<E>,
+        event: &E,
+        counters: &Counters,
+        result: Result<E::Output, Failure>,
+    ) -> Option<E::Output> {
+        let failure = match result {
+            Ok(out) => return Some(out),
+            Err(failure) => failure,
+        };
+        let meta = hook.meta();
+        let session_id = event.session_id().map(tracing::field::display);
+        let event_id = tracing::field::display(event.event_id());
+        match &failure {
+            Failure::Error(error) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(hook = meta.name(), module = meta.module_path(), event = E::NAME, session_id, %event_id, %error, "hook returned an error");
+            }
+            Failure::Panic(message) => {
+                counters.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(hook = meta.name(), module = meta.module_path(), event = E::NAME, session_id, %event_id, panic = %message, "hook panicked");
+            }
+            Failure::Timeout(after) => {
+                counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(hook = meta.name(), module = meta.module_path(), event = E::NAME, session_id, %event_id, timeout = ?after, "hook timed out");
+            }
+        }
+        None
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
