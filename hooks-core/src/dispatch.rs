@@ -48,7 +48,7 @@ use futures::FutureExt;
 use serde::Serialize;
 
 use crate::context::{HookContext, HookError, State};
-use crate::event::{Command, CommandDecision};
+use crate::event::{AnyEvent, Command, CommandDecision};
 use crate::registry::{EVENT_NAMES, Event, Handler, Hook, Registry};
 
 /// Whether handler failures are contained.
@@ -234,6 +234,31 @@ impl Dispatcher {
             futures::future::join_all(calls).await.iter().filter(|r| r.is_none()).count()
         };
         Delivery { handlers: hooks.len(), failed }
+    }
+
+    /// Delivers an event of any kind. A [`Command`] is delivered for observation only: its handlers'
+    /// decisions are computed, logged at debug level and dropped (use [`decide`](Self::decide) to act
+    /// on them).
+    pub async fn deliver_any(&self, event: &AnyEvent) -> Delivery {
+        match event {
+            AnyEvent::GatewayStartup(e) => self.deliver(e).await,
+            AnyEvent::GatewayShutdown(e) => self.deliver(e).await,
+            AnyEvent::SessionStart(e) => self.deliver(e).await,
+            AnyEvent::SessionEnd(e) => self.deliver(e).await,
+            AnyEvent::MessageReceived(e) => self.deliver(e).await,
+            AnyEvent::AgentTurnStart(e) => self.deliver(e).await,
+            AnyEvent::AgentTurnEnd(e) => self.deliver(e).await,
+            AnyEvent::Command(e) => {
+                let handlers = self.registry.hooks::<Command>().len();
+                let verdict = self.decide(e.clone()).await;
+                tracing::debug!(?verdict, "command delivered for observation");
+                let failed = match verdict {
+                    Verdict::Allowed { failed, .. } => failed,
+                    Verdict::Denied { .. } => 0,
+                };
+                Delivery { handlers, failed }
+            }
+        }
     }
 
     /// Asks the [`Command`] handlers whether `command` may run; see [`CommandDecision`] for the rule.

@@ -708,3 +708,92 @@ pub enum TurnOutcome {
         error: String,
     },
 }
+
+/// Any event of the catalogue: what per-key delivery queues and the outbox carry.
+///
+/// Serialized with an `"event"` tag holding the event's name, e.g.
+/// `{"event":"session_end","event_id":…,…}`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
+pub enum AnyEvent {
+    /// See [`GatewayStartup`].
+    GatewayStartup(GatewayStartup),
+    /// See [`GatewayShutdown`].
+    GatewayShutdown(GatewayShutdown),
+    /// See [`SessionStart`].
+    SessionStart(SessionStart),
+    /// See [`SessionEnd`].
+    SessionEnd(SessionEnd),
+    /// See [`MessageReceived`].
+    MessageReceived(MessageReceived),
+    /// See [`Command`].
+    Command(Command),
+    /// See [`AgentTurnStart`].
+    AgentTurnStart(AgentTurnStart),
+    /// See [`AgentTurnEnd`].
+    AgentTurnEnd(AgentTurnEnd),
+}
+
+macro_rules! any_event_from {
+    ($($ty:ident),*) => {$(
+        impl From<$ty> for AnyEvent {
+            fn from(ev: $ty) -> Self {
+                AnyEvent::$ty(ev)
+            }
+        }
+    )*};
+}
+any_event_from!(
+    GatewayStartup,
+    GatewayShutdown,
+    SessionStart,
+    SessionEnd,
+    MessageReceived,
+    Command,
+    AgentTurnStart,
+    AgentTurnEnd
+);
+
+impl AnyEvent {
+    /// The event's name, e.g. `"session_end"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnyEvent::GatewayStartup(_) => "gateway_startup",
+            AnyEvent::GatewayShutdown(_) => "gateway_shutdown",
+            AnyEvent::SessionStart(_) => "session_start",
+            AnyEvent::SessionEnd(_) => "session_end",
+            AnyEvent::MessageReceived(_) => "message_received",
+            AnyEvent::Command(_) => "command",
+            AnyEvent::AgentTurnStart(_) => "agent_turn_start",
+            AnyEvent::AgentTurnEnd(_) => "agent_turn_end",
+        }
+    }
+
+    /// The event's id.
+    pub fn event_id(&self) -> EventId {
+        match self {
+            AnyEvent::GatewayStartup(e) => e.event_id,
+            AnyEvent::GatewayShutdown(e) => e.event_id,
+            AnyEvent::SessionStart(e) => e.event_id,
+            AnyEvent::SessionEnd(e) => e.event_id,
+            AnyEvent::MessageReceived(e) => e.event_id,
+            AnyEvent::Command(e) => e.event_id,
+            AnyEvent::AgentTurnStart(e) => e.event_id,
+            AnyEvent::AgentTurnEnd(e) => e.event_id,
+        }
+    }
+
+    /// The session key the event belongs to, if any (gateway events have none).
+    pub fn key(&self) -> Option<&SessionKey> {
+        match self {
+            AnyEvent::GatewayStartup(_) | AnyEvent::GatewayShutdown(_) => None,
+            AnyEvent::SessionStart(e) => Some(&e.key),
+            AnyEvent::SessionEnd(e) => Some(&e.key),
+            AnyEvent::MessageReceived(e) => Some(&e.key),
+            AnyEvent::Command(e) => Some(&e.key),
+            AnyEvent::AgentTurnStart(e) => Some(&e.key),
+            AnyEvent::AgentTurnEnd(e) => Some(&e.key),
+        }
+    }
+}
