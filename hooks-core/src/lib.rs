@@ -37,6 +37,9 @@
 pub mod context;
 pub mod dispatch;
 pub mod event;
+pub mod lifecycle;
+#[doc(hidden)]
+pub mod macro_support;
 pub mod registry;
 
 pub use context::{HookContext, HookError, State};
@@ -74,5 +77,6 @@ pub mod __private {
         AgentTurnEnd, AgentTurnStart, Command, CommandDecision, GatewayShutdown, GatewayStartup, MessageReceived,
         SessionEnd, SessionStart,
     };
+    pub use crate::macro_support::{ContextArg, EventArg, send_future};
     pub use crate::registry::{Event, Handler, HandlerKind, Hook, HookMeta, HookOutput};
 }

@@ -5,7 +5,7 @@
 //! gathers every event's hooks the first time it is called and sorts them by
 //! (priority ascending, module path, name), so the order is the same on every run and machine.
 //!
-//! ```
+//! ```standalone_crate
 //! use hooks_core::prelude::*;
 //! use hooks_core::registry::Registry;
 //!

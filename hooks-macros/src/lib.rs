@@ -1,62 +1,88 @@
-//! The `#[hook]` attribute of hooks-core. Depend on `hooks-core` and write `use hooks_core::prelude::*;`.
+//! The `#[hook]` attribute of hooks-core. Depend on `hooks-core` and write `use hooks_core::prelude::*;`;
+//! `docs/hooks.md` is the guide.
+//!
+//! The macro runs in four steps, one module each: [`attr`] reads the arguments, [`valid`] checks the
+//! attribute and the function (every error spanned on the offending token) into the typed model of
+//! [`ast`], [`expand`] writes the registration, and [`fallback`] emits the user's function next to the
+//! errors when something is wrong. [`events`] is the macro's one copy of the event catalogue.
 
 use proc_macro::TokenStream;
-use quote::{format_ident, quote};
-use syn::{ItemFn, parse_macro_input};
+use quote::ToTokens;
 
-/// Subscribes a function to an event. See hooks-core's docs.
+mod ast;
+mod attr;
+mod events;
+mod expand;
+mod fallback;
+mod valid;
+
+/// Subscribes a function to an event: `#[hook(session_end, priority = -5, timeout = "2s")]`.
+///
+/// Use it through `hooks_core::hook` (or the prelude); see hooks-core's docs and `docs/hooks.md`.
 #[proc_macro_attribute]
 pub fn hook(args: TokenStream, item: TokenStream) -> TokenStream {
-    let event = parse_macro_input!(args as syn::Ident);
-    let func = parse_macro_input!(item as ItemFn);
-    let name = &func.sig.ident;
-    let name_str = name.to_string();
-    let event_str = event.to_string();
-    let ty = format_ident!(
-        "{}",
-        event_str
-            .split('_')
-            .map(|w| {
-                let mut c = w.chars();
-                c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
-            })
-            .collect::<String>()
-    );
-    let p = quote!(::hooks_core::__private);
-    let with_ctx = func.sig.inputs.len() == 2;
-    let call_args = if with_ctx { quote!(ev, ctx) } else { quote!(ev) };
-    let (kind, handler) = if func.sig.asyncness.is_some() {
-        (
-            quote!(Async),
-            quote! {
-                fn __shim<'a>(ev: &'a #p::#ty, ctx: &'a #p::HookContext) -> #p::BoxFuture<'a, #p::Result<<#p::#ty as #p::Event>::Output, #p::HookError>> {
-                    let _ = ctx;
-                    #p::Box::pin(async move { #p::HookOutput::<#p::#ty>::into_output(#name(#call_args).await) })
-                }
-            },
-        )
-    } else {
-        (
-            quote!(Sync),
-            quote! {
-                fn __shim(ev: &#p::#ty, ctx: &#p::HookContext) -> #p::Result<<#p::#ty as #p::Event>::Output, #p::HookError> {
-                    let _ = ctx;
-                    #p::HookOutput::<#p::#ty>::into_output(#name(#call_args))
-                }
-            },
-        )
-    };
-    quote! {
-        #func
-        const _: () = {
-            #handler
-            #p::inventory::submit! {
-                #p::Hook::<#p::#ty>::new(
-                    #p::HookMeta::new(#event_str, #name_str, ::core::module_path!(), ::core::file!(), ::core::line!(), 0, #p::None, #p::HandlerKind::#kind),
-                    #p::Handler::#kind(__shim),
-                )
-            }
-        };
+    let item = proc_macro2::TokenStream::from(item);
+    match hook_impl(args.into(), item.clone()) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => fallback::emit(item, &error).into(),
     }
-    .into()
+}
+
+fn hook_impl(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::TokenStream> {
+    let mut errors = valid::Errors::default();
+    let raw = attr::parse(args, &mut errors);
+    let func = match syn::parse2::<syn::Item>(item) {
+        Ok(syn::Item::Fn(func)) => func,
+        Ok(other) => {
+            errors.push(not_a_function(&other));
+            if let Err(e) = raw {
+                errors.push(e);
+            }
+            errors.finish()?;
+            unreachable!("an error was pushed");
+        }
+        Err(e) => return Err(e),
+    };
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(e) => {
+            errors.push(e);
+            errors.finish()?;
+            unreachable!("an error was pushed");
+        }
+    };
+    let hook = valid::validate(raw, &func, errors)?;
+    Ok(expand::expand(&hook))
+}
+
+fn not_a_function(item: &syn::Item) -> syn::Error {
+    use syn::Item;
+    fn head(keyword: &impl ToTokens, name: &impl ToTokens) -> proc_macro2::TokenStream {
+        let mut tokens = keyword.to_token_stream();
+        name.to_tokens(&mut tokens);
+        tokens
+    }
+    let (what, tokens) = match item {
+        Item::Struct(i) => ("a struct", head(&i.struct_token, &i.ident)),
+        Item::Enum(i) => ("an enum", head(&i.enum_token, &i.ident)),
+        Item::Union(i) => ("a union", head(&i.union_token, &i.ident)),
+        Item::Impl(i) => ("an `impl` block", head(&i.impl_token, &i.self_ty)),
+        Item::Trait(i) => ("a trait", head(&i.trait_token, &i.ident)),
+        Item::Mod(i) => ("a module", head(&i.mod_token, &i.ident)),
+        Item::Const(i) => ("a constant", head(&i.const_token, &i.ident)),
+        Item::Static(i) => ("a static", head(&i.static_token, &i.ident)),
+        Item::Type(i) => ("a type alias", head(&i.type_token, &i.ident)),
+        Item::Use(i) => ("a `use` declaration", i.use_token.to_token_stream()),
+        Item::ForeignMod(i) => ("an `extern` block", i.abi.to_token_stream()),
+        Item::Macro(i) => ("a macro invocation", i.mac.path.to_token_stream()),
+        other => ("this item", other.to_token_stream()),
+    };
+    syn::Error::new_spanned(
+        tokens,
+        format!(
+            "`#[hook]` subscribes a function to an event, but this is {what}\n\
+             = note: expected: `async fn name(ev: &SessionEnd)` or `fn name(ev: &SessionEnd, ctx: &HookContext)` \
+             after `#[hook(session_end)]`"
+        ),
+    )
 }

@@ -1,0 +1,142 @@
+//! Code generation for a valid hook: the user's function unchanged, then a shim and its registration.
+//!
+//! ```text
+//! #func
+//! const _: () = {
+//!     fn __hook_shim(ev, ctx) -> … { convert(name(ev-as-user-type, ctx-as-user-type)) }
+//!     ::hooks_core::__private::inventory::submit! { Hook::<SessionEnd>::new(HookMeta::new(…), Handler::…(__hook_shim)) }
+//! };
+//! ```
+//!
+//! Checks that need types are written as qualified paths spanned on the user's own tokens
+//! (`<UserType as EventArg<SessionEnd>>::from_event(ev)`), so rustc's error lands under the user's
+//! type, even through a type alias, and the call itself still type-checks (one error, no cascade).
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::Type;
+use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
+
+use crate::ast::{Hook, Timeout};
+
+/// The function followed by its registration.
+pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
+    let func = hook.func;
+    let p = match &hook.options.krate {
+        Some(path) => quote!(#path::__private),
+        None => quote!(::hooks_core::__private),
+    };
+    let event_ty = format_ident!("{}", hook.event.ty, span = hook.event_span);
+    let event_ty = quote!(#p::#event_ty);
+    let event_name = hook.event.name;
+    let hook_name = &hook.options.name;
+    let priority = hook.options.priority;
+    let timeout = match hook.options.timeout {
+        Some(Timeout { secs, nanos }) => quote!(#p::Some(#p::Duration::new(#secs, #nanos))),
+        None => quote!(#p::None),
+    };
+
+    let user_event = erase_lifetimes(&hook.sig.event_ty);
+    let ev_arg = quote_spanned! {user_event.span()=>
+        <#user_event as #p::EventArg<#event_ty>>::from_event(ev)
+    };
+    let args = match &hook.sig.ctx_ty {
+        Some(ctx_ty) => {
+            let user_ctx = erase_lifetimes(ctx_ty);
+            let ctx_arg = quote_spanned! {user_ctx.span()=>
+                <#user_ctx as #p::ContextArg>::from_context(ctx)
+            };
+            quote!(#ev_arg, #ctx_arg)
+        }
+        None => ev_arg,
+    };
+    let output = match &hook.sig.output {
+        Some(ty) => erase_lifetimes(ty).into_token_stream(),
+        None => quote!(()),
+    };
+    let convert = |value: TokenStream| {
+        quote_spanned! {output_span(hook)=>
+            <#output as #p::HookOutput<#event_ty>>::into_output(#value)
+        }
+    };
+
+    let name = &func.sig.ident;
+    let result = quote!(#p::Result<<#event_ty as #p::Event>::Output, #p::HookError>);
+    let (kind, shim) = if hook.sig.is_async {
+        let call = quote_spanned! {hook.sig.async_span=> #p::send_future(#name(#args)) };
+        let body = convert(quote!(#call.await));
+        let shim = quote! {
+            fn __hook_shim<'a>(ev: &'a #event_ty, ctx: &'a #p::HookContext) -> #p::BoxFuture<'a, #result> {
+                let _ = ctx;
+                #p::Box::pin(async move { #body })
+            }
+        };
+        (quote!(Async), shim)
+    } else {
+        let body = convert(quote!(#name(#args)));
+        let shim = quote! {
+            fn __hook_shim(ev: &#event_ty, ctx: &#p::HookContext) -> #result {
+                let _ = ctx;
+                #body
+            }
+        };
+        (quote!(Sync), shim)
+    };
+
+    quote! {
+        #func
+
+        #[doc(hidden)]
+        const _: () = {
+            #shim
+
+            #p::inventory::submit! {
+                #p::Hook::<#event_ty>::new(
+                    #p::HookMeta::new(
+                        #event_name,
+                        #hook_name,
+                        ::core::module_path!(),
+                        ::core::file!(),
+                        ::core::line!(),
+                        #priority,
+                        #timeout,
+                        #p::HandlerKind::#kind,
+                    ),
+                    #p::Handler::#kind(__hook_shim),
+                )
+            }
+        };
+    }
+}
+
+/// Where a wrong return type is reported: the return type, or the function's name when it has none.
+fn output_span(hook: &Hook<'_>) -> Span {
+    match &hook.sig.output {
+        Some(ty) => ty.span(),
+        None => hook.func.sig.ident.span(),
+    }
+}
+
+/// `ty` with every named or elided lifetime replaced by `'_`, so that it can be written inside the shim,
+/// where the function's own lifetime parameters are not in scope. Event types have no lifetimes, so this
+/// never turns a wrong type into a right one.
+fn erase_lifetimes(ty: &Type) -> Type {
+    struct Erase;
+    impl VisitMut for Erase {
+        fn visit_lifetime_mut(&mut self, lifetime: &mut syn::Lifetime) {
+            if lifetime.ident != "static" {
+                *lifetime = syn::Lifetime::new("'_", lifetime.span());
+            }
+        }
+        fn visit_type_reference_mut(&mut self, reference: &mut syn::TypeReference) {
+            if reference.lifetime.is_none() {
+                reference.lifetime = Some(syn::Lifetime::new("'_", reference.and_token.span));
+            }
+            syn::visit_mut::visit_type_reference_mut(self, reference);
+        }
+    }
+    let mut ty = ty.clone();
+    Erase.visit_type_mut(&mut ty);
+    ty
+}
