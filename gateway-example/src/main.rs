@@ -1,5 +1,5 @@
-//! gateway-example: a chat gateway built on hooks-core.
+//! gateway-example: see the library's docs and `gateway-example --help`.
 
-fn main() {
-    println!("gateway-example: not yet");
+fn main() -> std::process::ExitCode {
+    gateway_example::cli::main()
 }

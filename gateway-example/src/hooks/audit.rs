@@ -1,0 +1,285 @@
+//! The audit hook: one JSON line per delivered event, in delivery order, in the events file.
+//!
+//! The two session lines have exactly the replay contract's shape (docs/gateway.md):
+//!
+//! ```text
+//! {"event":"session_start","event_id":E,"at":T,"session_id":S,"platform":P,"chat_id":C,"user_id":U,"cause":K,"previous_session_id":S|null}
+//! {"event":"session_end","event_id":E,"at":T,"session_id":S,"platform":P,"chat_id":C,"user_id":U,"reason":R,"message_count":N,"started_at":T}
+//! ```
+//!
+//! A `session_end` detected late (the session fell due while the gateway was down) adds
+//! `"detected_at":T`. The other events add lines of their own kinds (`gateway_startup`,
+//! `message_received`, `command`, `agent_turn_start`, `agent_turn_end`, `gateway_shutdown`), which
+//! readers of the contract skip. Message texts are not written, only their length in characters.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+use hooks_core::event::{SessionKey, TurnOutcome};
+use hooks_core::prelude::*;
+
+use crate::jsonl::{push_key, push_str, push_ts, push_u64};
+
+/// Which events the audit hook writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditLevel {
+    /// Only `session_start` and `session_end`.
+    Sessions,
+    /// Every event of the catalogue.
+    #[default]
+    All,
+}
+
+/// The events file, shared by the audit hooks through the dispatcher state (as an `Arc<AuditLog>`).
+#[derive(Debug)]
+pub struct AuditLog {
+    level: AuditLevel,
+    sink: Mutex<Sink>,
+}
+
+#[derive(Debug)]
+struct Sink {
+    out: BufWriter<File>,
+    line: Vec<u8>,
+    lines: u64,
+    flush_each: bool,
+    error: Option<String>,
+}
+
+impl AuditLog {
+    /// Creates (truncating) the file at `path`: what `replay` does.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be created.
+    pub fn create(path: &Path, level: AuditLevel) -> io::Result<Self> {
+        Ok(Self::new(File::create(path)?, level, false))
+    }
+
+    /// Opens the file at `path` for appending, creating it if needed, and flushes after every line:
+    /// what `serve` does, so a restarted gateway continues the file and a crash loses no written line.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be opened.
+    pub fn append(path: &Path, level: AuditLevel) -> io::Result<Self> {
+        Ok(Self::new(OpenOptions::new().create(true).append(true).open(path)?, level, true))
+    }
+
+    fn new(file: File, level: AuditLevel, flush_each: bool) -> Self {
+        let sink = Sink {
+            out: BufWriter::with_capacity(1 << 16, file),
+            line: Vec::with_capacity(256),
+            lines: 0,
+            flush_each,
+            error: None,
+        };
+        Self { level, sink: Mutex::new(sink) }
+    }
+
+    /// The number of lines written so far.
+    pub fn lines(&self) -> u64 {
+        self.lock().lines
+    }
+
+    /// Flushes buffered lines to the file.
+    ///
+    /// # Errors
+    ///
+    /// The first write error of any earlier line (so a lost line is never silent), or the flush's own.
+    pub fn finish(&self) -> io::Result<u64> {
+        let mut sink = self.lock();
+        if let Some(e) = sink.error.take() {
+            return Err(io::Error::other(format!("writing the events file failed: {e}")));
+        }
+        sink.out.flush()?;
+        Ok(sink.lines)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sink> {
+        // A panic while holding the lock leaves at worst a partial line buffer, which `write` clears.
+        self.sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self, all_only: bool, fill: impl FnOnce(&mut Vec<u8>)) -> Result<(), HookError> {
+        if all_only && self.level != AuditLevel::All {
+            return Ok(());
+        }
+        let mut sink = self.lock();
+        let sink = &mut *sink;
+        sink.line.clear();
+        fill(&mut sink.line);
+        sink.line.extend_from_slice(b"}\n");
+        let result =
+            sink.out.write_all(&sink.line).and_then(|()| if sink.flush_each { sink.out.flush() } else { Ok(()) });
+        match result {
+            Ok(()) => {
+                sink.lines += 1;
+                Ok(())
+            }
+            Err(e) => {
+                sink.error.get_or_insert_with(|| e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn head(buf: &mut Vec<u8>, event: &str, event_id: impl std::fmt::Display) {
+    buf.extend_from_slice(b"{\"event\":\"");
+    buf.extend_from_slice(event.as_bytes());
+    buf.extend_from_slice(b"\",\"event_id\":\"");
+    write_display(buf, event_id);
+    buf.push(b'"');
+}
+
+fn write_display(buf: &mut Vec<u8>, value: impl std::fmt::Display) {
+    // Ids are hyphenated UUIDs: no escaping needed.
+    let _ = write!(buf, "{value}");
+}
+
+fn field_ts(buf: &mut Vec<u8>, key: &str, ts: jiff::Timestamp) {
+    buf.push(b',');
+    push_key(buf, key);
+    push_ts(buf, ts);
+}
+
+fn field_str(buf: &mut Vec<u8>, key: &str, value: &str) {
+    buf.push(b',');
+    push_key(buf, key);
+    push_str(buf, value);
+}
+
+fn field_id(buf: &mut Vec<u8>, key: &str, id: Option<impl std::fmt::Display>) {
+    buf.push(b',');
+    push_key(buf, key);
+    match id {
+        Some(id) => {
+            buf.push(b'"');
+            write_display(buf, id);
+            buf.push(b'"');
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+fn field_u64(buf: &mut Vec<u8>, key: &str, n: u64) {
+    buf.push(b',');
+    push_key(buf, key);
+    push_u64(buf, n);
+}
+
+fn field_key(buf: &mut Vec<u8>, key: &SessionKey, user_id: &str) {
+    field_str(buf, "platform", key.platform());
+    field_str(buf, "chat_id", key.chat_id());
+    field_str(buf, "user_id", user_id);
+}
+
+macro_rules! audit_log {
+    ($ctx:expr) => {
+        match $ctx.state::<std::sync::Arc<AuditLog>>() {
+            Some(log) => log,
+            None => return Ok(()),
+        }
+    };
+}
+
+#[hook(session_start, priority = 100)]
+fn audit_session_start(ev: &SessionStart, ctx: &HookContext) -> Result<(), HookError> {
+    audit_log!(ctx).write(false, |b| {
+        head(b, "session_start", ev.event_id);
+        field_ts(b, "at", ev.started_at);
+        field_id(b, "session_id", Some(ev.session_id));
+        field_key(b, &ev.key, &ev.user_id);
+        field_str(b, "cause", ev.cause.as_str());
+        field_id(b, "previous_session_id", ev.previous_session_id);
+    })
+}
+
+#[hook(session_end, priority = 100)]
+fn audit_session_end(ev: &SessionEnd, ctx: &HookContext) -> Result<(), HookError> {
+    audit_log!(ctx).write(false, |b| {
+        head(b, "session_end", ev.event_id);
+        field_ts(b, "at", ev.ended_at);
+        field_id(b, "session_id", Some(ev.session_id));
+        field_key(b, &ev.key, &ev.user_id);
+        field_str(b, "reason", ev.reason.as_str());
+        field_u64(b, "message_count", ev.message_count);
+        field_ts(b, "started_at", ev.started_at);
+        if ev.detected_late() {
+            field_ts(b, "detected_at", ev.detected_at);
+        }
+    })
+}
+
+#[hook(message_received, priority = 100)]
+fn audit_message(ev: &MessageReceived, ctx: &HookContext) -> Result<(), HookError> {
+    audit_log!(ctx).write(true, |b| {
+        head(b, "message_received", ev.event_id);
+        field_ts(b, "at", ev.at);
+        field_id(b, "session_id", Some(ev.session_id));
+        field_key(b, &ev.key, &ev.user_id);
+        field_u64(b, "chars", ev.text.chars().count() as u64);
+    })
+}
+
+/// Runs last among the command hooks, so it records the command as the other hooks rewrote it.
+#[hook(command, priority = 1000)]
+fn audit_command(ev: &Command, ctx: &HookContext) -> Result<(), HookError> {
+    audit_log!(ctx).write(true, |b| {
+        head(b, "command", ev.event_id);
+        field_ts(b, "at", ev.at);
+        field_id(b, "session_id", ev.session_id);
+        field_key(b, &ev.key, &ev.user_id);
+        field_str(b, "command", ev.name());
+    })
+}
+
+#[hook(agent_turn_start, priority = 100)]
+fn audit_turn_start(ev: &AgentTurnStart, ctx: &HookContext) -> Result<(), HookError> {
+    audit_log!(ctx).write(true, |b| {
+        head(b, "agent_turn_start", ev.event_id);
+        field_ts(b, "at", ev.at);
+        field_id(b, "session_id", Some(ev.session_id));
+        field_str(b, "platform", ev.key.platform());
+        field_str(b, "chat_id", ev.key.chat_id());
+    })
+}
+
+#[hook(agent_turn_end, priority = 100)]
+fn audit_turn_end(ev: &AgentTurnEnd, ctx: &HookContext) -> Result<(), HookError> {
+    audit_log!(ctx).write(true, |b| {
+        head(b, "agent_turn_end", ev.event_id);
+        field_ts(b, "at", ev.at);
+        field_id(b, "session_id", Some(ev.session_id));
+        field_str(b, "platform", ev.key.platform());
+        field_str(b, "chat_id", ev.key.chat_id());
+        let outcome = match &ev.outcome {
+            TurnOutcome::Reply { .. } => "reply",
+            TurnOutcome::Error { .. } => "error",
+        };
+        field_str(b, "outcome", outcome);
+        field_u64(b, "millis", ev.at.duration_since(ev.started_at).as_millis().max(0) as u64);
+    })
+}
+
+#[hook(gateway_startup, priority = 100)]
+fn audit_startup(ev: &GatewayStartup, ctx: &HookContext) -> Result<(), HookError> {
+    audit_log!(ctx).write(true, |b| {
+        head(b, "gateway_startup", ev.event_id);
+        field_ts(b, "at", ev.at);
+        field_u64(b, "hooks", ev.hooks as u64);
+    })
+}
+
+#[hook(gateway_shutdown, priority = 100)]
+fn audit_shutdown(ev: &GatewayShutdown, ctx: &HookContext) -> Result<(), HookError> {
+    audit_log!(ctx).write(true, |b| {
+        head(b, "gateway_shutdown", ev.event_id);
+        field_ts(b, "at", ev.at);
+        field_u64(b, "sessions_closed", ev.sessions_closed);
+    })
+}

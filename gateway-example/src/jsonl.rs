@@ -1,0 +1,154 @@
+//! Small, allocation-free writers for the events file: JSON strings and second-precision RFC 3339
+//! timestamps. The audit hook writes one line per event at replay speed (over a million lines a
+//! second), so it formats by hand instead of going through a `serde_json::Value`.
+
+use jiff::Timestamp;
+
+/// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
+pub fn push_str(buf: &mut Vec<u8>, s: &str) {
+    buf.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => {
+                buf.extend_from_slice(&bytes[start..i]);
+                buf.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        buf.extend_from_slice(escape);
+        start = i + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+/// Appends `"key":` (the key must not need escaping).
+pub fn push_key(buf: &mut Vec<u8>, key: &str) {
+    buf.push(b'"');
+    buf.extend_from_slice(key.as_bytes());
+    buf.extend_from_slice(b"\":");
+}
+
+/// Appends `ts` as a quoted RFC 3339 UTC timestamp with second precision, fractional seconds
+/// truncated: `"2020-01-02T03:04:05Z"`.
+pub fn push_ts(buf: &mut Vec<u8>, ts: Timestamp) {
+    let secs = ts.as_second();
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    buf.push(b'"');
+    push_padded(buf, y, 4);
+    buf.push(b'-');
+    push_padded(buf, m, 2);
+    buf.push(b'-');
+    push_padded(buf, d, 2);
+    buf.push(b'T');
+    push_padded(buf, hh, 2);
+    buf.push(b':');
+    push_padded(buf, mm, 2);
+    buf.push(b':');
+    push_padded(buf, ss, 2);
+    buf.extend_from_slice(b"Z\"");
+}
+
+/// Appends an unsigned integer in decimal.
+pub fn push_u64(buf: &mut Vec<u8>, n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&tmp[i..]);
+}
+
+fn push_padded(buf: &mut Vec<u8>, n: i64, width: usize) {
+    if n < 0 {
+        buf.push(b'-');
+    }
+    let n = n.unsigned_abs();
+    let mut digits = 1;
+    let mut t = n;
+    while t >= 10 {
+        t /= 10;
+        digits += 1;
+    }
+    buf.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits)));
+    push_u64(buf, n);
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+///
+/// Howard Hinnant's `civil_from_days` (public domain algorithm, "chrono-Compatible Low-Level Date
+/// Algorithms"): exact for every day in `i64` range that jiff can represent.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(t: Timestamp) -> String {
+        let mut buf = Vec::new();
+        push_ts(&mut buf, t);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn timestamps_match_jiff_at_second_precision() {
+        // Every 997,001 seconds over 1900..2100, plus leap-day and year-boundary instants.
+        let mut s = -2_208_988_800i64;
+        while s < 4_102_444_800 {
+            let t = Timestamp::from_second(s).unwrap();
+            assert_eq!(ts(t), format!("\"{}\"", t.strftime("%Y-%m-%dT%H:%M:%SZ")), "{s}");
+            s += 997_001;
+        }
+        assert_eq!(ts("2024-02-29T23:59:59.999Z".parse().unwrap()), "\"2024-02-29T23:59:59Z\"");
+        assert_eq!(ts("2000-03-01T00:00:00Z".parse().unwrap()), "\"2000-03-01T00:00:00Z\"");
+    }
+
+    #[test]
+    fn strings_escape_like_serde_json() {
+        for s in ["plain", "quote\"back\\slash", "ctl\u{1}\u{1f}\n\r\t", "ünï €", ""] {
+            let mut buf = Vec::new();
+            push_str(&mut buf, s);
+            let back: String = serde_json::from_slice(&buf).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn integers_are_decimal() {
+        let mut buf = Vec::new();
+        push_u64(&mut buf, 0);
+        buf.push(b' ');
+        push_u64(&mut buf, u64::MAX);
+        assert_eq!(String::from_utf8(buf).unwrap(), format!("0 {}", u64::MAX));
+    }
+}

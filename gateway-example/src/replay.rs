@@ -1,0 +1,292 @@
+//! `replay`: feeds recorded traffic through the session lifecycle on the records' own clock and
+//! delivers every event to the linked hooks, exactly as `serve` would have live.
+//!
+//! The lifecycle engine decides; this module only reads lines, keeps the replay clock (it never moves
+//! back: an older record is processed at the clock's time), asks the command hooks, and delivers the
+//! engine's events in order. See docs/gateway.md for the contract.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hooks_core::dispatch::{Dispatcher, Verdict};
+use hooks_core::event::{AnyEvent, Command, EventId, GatewayShutdown, GatewayStartup, MessageReceived};
+use hooks_core::lifecycle::{Engine, SessionIds};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::hooks::metrics::{Metrics, MetricsSnapshot};
+use crate::input::{Line, LineError, parse_line};
+
+/// What to replay and how.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// The JSON Lines input (`-` for standard input).
+    pub input: PathBuf,
+    /// Stop at the first bad line instead of skipping it.
+    pub strict: bool,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// At most this many bad lines are reported one by one on stderr; the rest only counted.
+    pub max_reported: u64,
+}
+
+/// What a replay did: printed at the end, and written as JSON with `--summary-json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Lines read (every line, blank and bad ones included).
+    pub lines: u64,
+    /// Records routed to a session.
+    pub records: u64,
+    /// Blank lines.
+    pub blank: u64,
+    /// Telegram Updates without a message.
+    pub ignored_updates: u64,
+    /// Bad lines skipped, by cause.
+    pub skipped: BTreeMap<&'static str, u64>,
+    /// Commands denied by a command hook (not routed).
+    pub commands_denied: u64,
+    /// Counters of the metrics hook: sessions opened, closed by reason, messages.
+    pub metrics: MetricsSnapshot,
+    /// Handler calls that failed (error, panic or timeout), over all hooks.
+    pub handler_failures: u64,
+    /// Lines written to the events file.
+    pub events_written: u64,
+    /// Wall time of the replay, in seconds.
+    pub wall_seconds: f64,
+    /// Lines read per second of wall time.
+    pub records_per_second: f64,
+}
+
+impl Summary {
+    /// Bad lines skipped, over all causes.
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.metrics;
+        writeln!(f, "replay summary")?;
+        writeln!(f, "  lines read         {}", self.lines)?;
+        writeln!(f, "  records routed     {}", self.records)?;
+        let causes: Vec<String> = self.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let causes = if causes.is_empty() { String::new() } else { format!(" ({})", causes.join(", ")) };
+        writeln!(f, "  skipped            {}{causes}", self.skipped_total())?;
+        writeln!(f, "  blank lines        {}", self.blank)?;
+        writeln!(f, "  ignored updates    {}", self.ignored_updates)?;
+        if self.commands_denied > 0 {
+            writeln!(f, "  commands denied    {}", self.commands_denied)?;
+        }
+        writeln!(f, "  sessions opened    {}", m.sessions_opened)?;
+        let closes: Vec<String> = m.closed.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+        writeln!(f, "  sessions closed    {} ({})", m.sessions_closed(), closes.join(", "))?;
+        writeln!(f, "  handler failures   {}", self.handler_failures)?;
+        writeln!(f, "  events written     {}", self.events_written)?;
+        write!(f, "  wall time          {:.3} s ({:.0} records/s)", self.wall_seconds, self.records_per_second)
+    }
+}
+
+/// Event ids of replay's own events, derived from the input line so that a replay of the same input
+/// gives the same ids (the session events' ids come from their session ids).
+fn line_event_id(kind: u8, line: u64) -> EventId {
+    EventId::from_u128((0x7265_706c_6179u128 << 80) | (u128::from(kind) << 64) | u128::from(line))
+}
+
+const KIND_MESSAGE: u8 = 1;
+const KIND_COMMAND: u8 = 2;
+const KIND_GATEWAY: u8 = 3;
+
+/// Whether `text` is a command for the command hooks: after leading white space it starts with `/`.
+fn is_command(text: &str) -> bool {
+    text.trim_start().starts_with('/')
+}
+
+struct Replayer<'a> {
+    engine: Engine,
+    dispatcher: &'a Dispatcher,
+    settings: &'a Settings,
+    out: Vec<AnyEvent>,
+    clock: Option<Timestamp>,
+    started: bool,
+    summary: Summary,
+}
+
+impl Replayer<'_> {
+    async fn deliver_pending(&mut self) {
+        for event in self.out.drain(..) {
+            self.dispatcher.deliver_any(&event).await;
+        }
+    }
+
+    async fn start_gateway(&mut self, at: Timestamp) {
+        if !self.started {
+            self.started = true;
+            let mut ev = GatewayStartup::new(at, self.dispatcher.registry().len());
+            ev.event_id = line_event_id(KIND_GATEWAY, 0);
+            self.dispatcher.deliver(&ev).await;
+        }
+    }
+
+    async fn route(&mut self, line_no: u64, rec: crate::input::Record<'_>) {
+        // The replay clock never moves back: an older record is processed at the clock's time.
+        let at = match self.clock {
+            Some(clock) if rec.ts < clock => clock,
+            _ => rec.ts,
+        };
+        self.clock = Some(at);
+        self.start_gateway(at).await;
+        let key = self.settings.scope.key(&rec.platform, &rec.chat_id, &rec.user_id);
+
+        // Closes due at or before `at` happen (and are delivered) before the record is looked at.
+        self.engine.advance(at, &mut self.out);
+        self.deliver_pending().await;
+
+        let mut text = rec.text.into_owned();
+        if is_command(&text) {
+            let id = line_event_id(KIND_COMMAND, line_no);
+            let command = Command::new(id, self.engine.open_session(&key), key.clone(), &*rec.user_id, at, text);
+            match self.dispatcher.decide(command).await {
+                Verdict::Allowed { command, .. } => text = command.text,
+                Verdict::Denied { hook, message, .. } => {
+                    tracing::info!(line = line_no, %key, hook, %message, "command denied; record not routed");
+                    self.summary.commands_denied += 1;
+                    return;
+                }
+            }
+        }
+        let routed = self.engine.message(&key, &rec.user_id, &text, at, &mut self.out);
+        self.deliver_pending().await;
+        let ev =
+            MessageReceived::new(line_event_id(KIND_MESSAGE, line_no), routed.session_id, key, &*rec.user_id, at, text);
+        self.dispatcher.deliver(&ev).await;
+        self.summary.records += 1;
+    }
+}
+
+/// Replays `options.input` through a fresh engine with `settings`, delivering to `dispatcher`'s hooks.
+/// The dispatcher's state should hold the [`Metrics`] (for the summary) and the audit log.
+///
+/// # Errors
+///
+/// The input cannot be read, or (with `strict`) a line is bad.
+pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<Dispatcher>) -> Result<Summary> {
+    let started = Instant::now();
+    let (reader, size): (Box<dyn Read>, Option<u64>) = if options.input.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let file = File::open(&options.input).with_context(|| format!("opening {}", options.input.display()))?;
+        let size = file.metadata().ok().map(|m| m.len());
+        (Box::new(file), size)
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    let progress = make_progress(options.progress, size);
+    let mut r = Replayer {
+        engine: Engine::new(settings.policy.clone(), SessionIds::Sequential),
+        dispatcher: &dispatcher,
+        settings,
+        out: Vec::new(),
+        clock: None,
+        started: false,
+        summary: Summary::default(),
+    };
+    let name = options.input.display().to_string();
+    let mut buf = Vec::with_capacity(4096);
+    let mut bytes_read = 0u64;
+    let mut reported = 0u64;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {name}"))?;
+        if n == 0 {
+            break;
+        }
+        bytes_read += n as u64;
+        r.summary.lines += 1;
+        let line_no = r.summary.lines;
+        let line = trim_newline(&buf);
+        match parse_line(line) {
+            Ok(Line::Record(rec)) => r.route(line_no, rec).await,
+            Ok(Line::Blank) => r.summary.blank += 1,
+            Ok(Line::Ignored) => r.summary.ignored_updates += 1,
+            Err(e) => {
+                if options.strict {
+                    bail!("{name}:{line_no}: {e} (--strict stops at the first bad line)");
+                }
+                skip(&mut r.summary, &e);
+                reported += 1;
+                if reported <= options.max_reported {
+                    progress.suspend(|| eprintln!("{name}:{line_no}: skipped: {e}"));
+                } else if reported == options.max_reported + 1 {
+                    progress.suspend(|| eprintln!("{name}: more bad lines; counting them without reporting each"));
+                }
+            }
+        }
+        if line_no % 16_384 == 0 {
+            progress.set_position(bytes_read);
+        }
+    }
+    progress.finish_and_clear();
+
+    let end = r.clock.unwrap_or_else(Timestamp::now);
+    r.start_gateway(end).await;
+    let before = r.engine.open_sessions() as u64;
+    r.engine.shutdown(end, &mut r.out);
+    r.deliver_pending().await;
+    let mut shutdown = GatewayShutdown::new(end, before);
+    shutdown.event_id = line_event_id(KIND_GATEWAY, u64::MAX);
+    dispatcher.deliver(&shutdown).await;
+
+    let mut summary = r.summary;
+    summary.metrics = dispatcher.state().get::<Metrics>().map(Metrics::snapshot).unwrap_or_default();
+    summary.handler_failures = dispatcher.stats().iter().map(|s| s.errors + s.panics + s.timeouts).sum();
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    summary.records_per_second = summary.lines as f64 / summary.wall_seconds.max(1e-9);
+    Ok(summary)
+}
+
+fn skip(summary: &mut Summary, e: &LineError) {
+    *summary.skipped.entry(e.kind()).or_default() += 1;
+}
+
+fn trim_newline(buf: &[u8]) -> &[u8] {
+    let buf = buf.strip_suffix(b"\n").unwrap_or(buf);
+    buf.strip_suffix(b"\r").unwrap_or(buf)
+}
+
+fn make_progress(wanted: bool, size: Option<u64>) -> indicatif::ProgressBar {
+    if !wanted || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match size {
+        Some(len) => indicatif::ProgressBar::new(len).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} replay [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        ),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Where a replay's events file goes, checked before any work: the parent directory must exist.
+///
+/// # Errors
+///
+/// The parent directory does not exist.
+pub fn check_events_out(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!("the directory of --events-out {} does not exist", path.display());
+    }
+    Ok(())
+}
