@@ -41,6 +41,8 @@ pub mod lifecycle;
 #[doc(hidden)]
 pub mod macro_support;
 pub mod registry;
+pub mod runtime;
+pub mod store;
 
 pub use context::{HookContext, HookError, State};
 pub use registry::Event;
@@ -69,6 +71,7 @@ pub mod __private {
     pub use core::time::Duration;
     pub use std::boxed::Box;
 
+    pub use futures::FutureExt;
     pub use futures::future::BoxFuture;
     pub use inventory;
 
@@ -77,6 +80,6 @@ pub mod __private {
         AgentTurnEnd, AgentTurnStart, Command, CommandDecision, GatewayShutdown, GatewayStartup, MessageReceived,
         SessionEnd, SessionStart,
     };
-    pub use crate::macro_support::{ContextArg, EventArg, send_future};
+    pub use crate::macro_support::{ContextArg, EventArg};
     pub use crate::registry::{Event, Handler, HandlerKind, Hook, HookMeta, HookOutput};
 }

@@ -5,8 +5,10 @@
 //! type checks to rustc: it converts the arguments through [`EventArg`] and [`ContextArg`] written as
 //! `<UserType as EventArg<SessionEnd>>::from_event(ev)`, with the user's type tokens, so that an error
 //! appears under the user's type with the message of the `#[diagnostic::on_unimplemented]` below.
-
-use std::future::Future;
+//!
+//! A non-`Send` future needs no helper: the shim boxes it into a `BoxFuture` (which is `Send`) with
+//! the span of the function's name, so rustc's own "future cannot be sent between threads safely"
+//! lands there.
 
 use crate::context::HookContext;
 use crate::registry::Event;
@@ -47,12 +49,4 @@ impl ContextArg for HookContext {
     fn from_context(ctx: &HookContext) -> &HookContext {
         ctx
     }
-}
-
-/// Requires an async hook's future to be `Send`, at the hook's name.
-///
-/// The returned future is `Send` whatever `F` is, so a non-`Send` hook is reported once, here, and not
-/// again where the shim boxes the future.
-pub fn send_future<F: Future + Send>(future: F) -> impl Future<Output = F::Output> + Send {
-    future
 }

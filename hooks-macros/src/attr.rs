@@ -58,6 +58,13 @@ fn parse_args(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<RawArg
                 lit.span(),
                 format!("write the event as a bare name, without quotes: `#[hook({})]`", lit.value()),
             ));
+            // Take it as the event anyway, so that a missing-event error does not follow.
+            if raw.event.is_none() {
+                raw.event = Some(syn::parse_str::<Ident>(&lit.value()).map_or_else(
+                    |_| Ident::new("__unknown_event", lit.span()),
+                    |ident| Ident::new(&ident.to_string(), lit.span()),
+                ));
+            }
         } else {
             let key = input.call(Ident::parse_any).map_err(|e| {
                 syn::Error::new(

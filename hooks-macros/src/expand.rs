@@ -64,12 +64,18 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
     let name = &func.sig.ident;
     let result = quote!(#p::Result<<#event_ty as #p::Event>::Output, #p::HookError>);
     let (kind, shim) = if hook.sig.is_async {
-        let call = quote_spanned! {hook.sig.async_span=> #p::send_future(#name(#args)) };
-        let body = convert(quote!(#call.await));
+        // Boxing the user's future (with the output conversion mapped on) into `BoxFuture`, which is
+        // `Send`, is the one place a non-`Send` future is reported; the tokens of that coercion carry
+        // the span of the function's name so that the error lands there.
+        let name_span = hook.sig.async_span;
+        let boxed = respan(quote!(#p::Box::pin), name_span);
+        let map = respan(quote!(#p::FutureExt::map), name_span);
+        let body = convert(quote!(out));
+        let call = quote_spanned! {name_span=> #boxed(#map(#name(#args), |out| #body)) };
         let shim = quote! {
             fn __hook_shim<'a>(ev: &'a #event_ty, ctx: &'a #p::HookContext) -> #p::BoxFuture<'a, #result> {
                 let _ = ctx;
-                #p::Box::pin(async move { #body })
+                #call
             }
         };
         (quote!(Async), shim)
@@ -139,4 +145,21 @@ fn erase_lifetimes(ty: &Type) -> Type {
     let mut ty = ty.clone();
     Erase.visit_type_mut(&mut ty);
     ty
+}
+
+/// `tokens` with every span set to `span`, so that rustc reports an obligation of the whole path there.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let proc_macro2::TokenTree::Group(group) = &tree {
+                let mut inner = proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = proc_macro2::TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
 }

@@ -1,0 +1,6 @@
+use hooks_core::prelude::*;
+
+#[hook(session_end, timeout = "5 seconds")]
+async fn remember(_ev: &SessionEnd) {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use hooks_core::prelude::*;
+
+#[hook(on_everything)]
+fn log(_ev: &SessionEnd) {}
+
+fn main() {}

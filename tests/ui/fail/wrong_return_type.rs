@@ -1,0 +1,8 @@
+use hooks_core::prelude::*;
+
+#[hook(session_end)]
+async fn remember(_ev: &SessionEnd) -> u32 {
+    0
+}
+
+fn main() {}
