@@ -41,8 +41,6 @@ pub mod lifecycle;
 #[doc(hidden)]
 pub mod macro_support;
 pub mod registry;
-pub mod runtime;
-pub mod store;
 
 pub use context::{HookContext, HookError, State};
 pub use registry::Event;
