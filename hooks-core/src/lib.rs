@@ -41,6 +41,8 @@ pub mod lifecycle;
 #[doc(hidden)]
 pub mod macro_support;
 pub mod registry;
+pub mod runtime;
+pub mod store;
 
 pub use context::{HookContext, HookError, State};
 pub use registry::Event;
