@@ -6,7 +6,6 @@
 use proc_macro2::{Span, TokenStream};
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
-use syn::spanned::Spanned;
 use syn::{Expr, Ident, LitStr, Path, Token};
 
 use crate::valid::Errors;
@@ -112,8 +111,7 @@ fn parse_args(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<RawArg
 
 fn parse_option(input: ParseStream<'_>, key: Ident, raw: &mut RawArgs, errors: &mut Errors) -> syn::Result<()> {
     let name = key.unraw().to_string();
-    let duplicate = |errors: &mut Errors, first: &Ident| {
-        let _ = first;
+    let duplicate = |errors: &mut Errors| {
         errors.push(syn::Error::new(
             key.span(),
             format!("duplicate option `{name}`: it is already given earlier in this attribute; give it once"),
@@ -125,7 +123,7 @@ fn parse_option(input: ParseStream<'_>, key: Ident, raw: &mut RawArgs, errors: &
                 syn::Error::new(e.span(), "expected a path to hooks-core, e.g. `crate = my_hooks_core`")
             })?;
             match &raw.krate {
-                Some((first, _)) => duplicate(errors, first),
+                Some(_) => duplicate(errors),
                 None => raw.krate = Some((key, path)),
             }
         }
@@ -137,14 +135,13 @@ fn parse_option(input: ParseStream<'_>, key: Ident, raw: &mut RawArgs, errors: &
                 _ => &mut raw.name,
             };
             match slot {
-                Some((first, _)) => duplicate(errors, first),
+                Some(_) => duplicate(errors),
                 None => *slot = Some((key, value)),
             }
         }
         _ => {
             // Skip the value so that the options after it are still read and checked.
-            let value: Expr = input.parse()?;
-            let _ = value.span();
+            input.parse::<Expr>()?;
             errors.push(syn::Error::new(key.span(), format!("unknown option `{name}`: expected one of {OPTIONS}")));
         }
     }

@@ -55,10 +55,8 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
         Some(ty) => erase_lifetimes(ty).into_token_stream(),
         None => quote!(()),
     };
-    let convert = |value: TokenStream| {
-        quote_spanned! {output_span(hook)=>
-            <#output as #p::HookOutput<#event_ty>>::into_output(#value)
-        }
+    let into_output = quote_spanned! {output_span(hook)=>
+        <#output as #p::HookOutput<#event_ty>>::into_output
     };
 
     let name = &func.sig.ident;
@@ -70,9 +68,11 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
         let name_span = hook.sig.async_span;
         let boxed = respan(quote!(#p::Box::pin), name_span);
         let map = respan(quote!(#p::FutureExt::map), name_span);
-        let body = convert(quote!(out));
-        let call = quote_spanned! {name_span=> #boxed(#map(#name(#args), |out| #body)) };
+        // A closure, not the bare `into_output` path: a wrong return type then fails once (at the return
+        // type), not a second time as an unsatisfied `FnOnce` bound of `map`.
+        let call = quote_spanned! {name_span=> #boxed(#map(#name(#args), |out| #into_output(out))) };
         let shim = quote! {
+            #[allow(clippy::redundant_closure)]
             fn __hook_shim<'a>(ev: &'a #event_ty, ctx: &'a #p::HookContext) -> #p::BoxFuture<'a, #result> {
                 let _ = ctx;
                 #call
@@ -80,7 +80,7 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
         };
         (quote!(Async), shim)
     } else {
-        let body = convert(quote!(#name(#args)));
+        let body = quote!(#into_output(#name(#args)));
         let shim = quote! {
             fn __hook_shim(ev: &#event_ty, ctx: &#p::HookContext) -> #result {
                 let _ = ctx;

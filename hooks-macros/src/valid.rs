@@ -227,7 +227,6 @@ fn check_signature(func: &ItemFn, event: Option<&'static EventInfo>, errors: &mu
     let sig = &func.sig;
     let is_async = sig.asyncness.is_some();
     let note = expected_signature(event, is_async);
-    let before = errors.0.is_some() as usize;
     let mut failed = false;
     let mut fail = |e: syn::Error| {
         failed = true;
@@ -345,7 +344,6 @@ fn check_signature(func: &ItemFn, event: Option<&'static EventInfo>, errors: &mu
         }
     };
 
-    let _ = before;
     if failed {
         return None;
     }
@@ -428,4 +426,43 @@ fn impl_trait_span(ty: &Type) -> Option<Span> {
     let mut find = Find(None);
     find.visit_type(ty);
     find.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use crate::ast::Timeout;
+    use crate::events;
+
+    fn t(secs: u64, nanos: u32) -> Result<Timeout, String> {
+        Ok(Timeout { secs, nanos })
+    }
+
+    #[test]
+    fn timeouts_in_humantime_short_forms_parse_at_compile_time() {
+        assert_eq!(parse_duration("500ms"), t(0, 500_000_000));
+        assert_eq!(parse_duration("5s"), t(5, 0));
+        assert_eq!(parse_duration("2m"), t(120, 0));
+        assert_eq!(parse_duration("1h"), t(3600, 0));
+        assert_eq!(parse_duration("1m 30s"), t(90, 0));
+        assert_eq!(parse_duration("1s500ms"), t(1, 500_000_000));
+    }
+
+    #[test]
+    fn malformed_timeouts_say_what_is_wrong() {
+        assert_eq!(parse_duration("30"), Err("`30` has no unit".to_owned()));
+        assert_eq!(parse_duration(""), Err("it is empty".to_owned()));
+        assert_eq!(parse_duration("0s"), Err("a timeout of zero would cancel every call".to_owned()));
+        assert!(parse_duration("5 seconds").unwrap_err().contains("unknown unit `seconds`"));
+        assert!(parse_duration("s5").unwrap_err().contains("expected a number"));
+        assert!(parse_duration("99999999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn typos_get_the_closest_event_and_far_names_get_none() {
+        assert_eq!(events::suggest("sesion_end"), Some("session_end"));
+        assert_eq!(events::suggest("session_ended"), Some("session_end"));
+        assert_eq!(events::suggest("comand"), Some("command"));
+        assert_eq!(events::suggest("on_everything"), None);
+    }
 }
