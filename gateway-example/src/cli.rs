@@ -59,6 +59,45 @@ enum Cmd {
         session: SessionArgs,
     },
 
+    /// Serve live traffic over HTTP: a Telegram webhook and a generic message endpoint.
+    ///
+    /// Routes: POST /v1/messages {"chat_id","user_id","text","platform"?}, POST /telegram/webhook (a
+    /// Bot API Update), GET /healthz, GET /metrics (Prometheus). A message's time is its arrival time.
+    /// SIGINT or SIGTERM shuts down gracefully: every open session ends with `shutdown` and its
+    /// SessionEnd is delivered before the process exits.
+    Serve {
+        /// The address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+
+        /// The data directory: the events file defaults to DIR/events.jsonl [default: gateway-data].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+
+        /// Append the events here (one JSON object per line) [default: DATA_DIR/events.jsonl].
+        #[arg(long, value_name = "PATH")]
+        events_out: Option<PathBuf>,
+
+        /// Require this secret in the X-Telegram-Bot-Api-Secret-Token header of webhook calls.
+        #[arg(long, env = "TELEGRAM_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
+        telegram_secret: Option<String>,
+
+        /// The largest accepted request body, in bytes [default: 1048576].
+        #[arg(long, value_name = "BYTES")]
+        body_limit: Option<usize>,
+
+        /// How long shutdown waits for hooks to deliver the last events [default: 10s].
+        #[arg(long, value_name = "DUR", value_parser = crate::config::parse_duration)]
+        drain_timeout: Option<std::time::Duration>,
+
+        /// The welcome the memory plugin queues for each new session.
+        #[arg(long, value_name = "TEXT", default_value = "Hi! I am the example gateway; /help lists the commands.")]
+        welcome: String,
+
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+
     /// Build replay input from a Telegram payload collection (data/telegram_payloads_public.jsonl):
     /// one Bot API Update per line on stdout, bare messages wrapped into Updates.
     TelegramUpdates {
@@ -104,6 +143,60 @@ fn run(cli: Cli) -> Result<()> {
 
     match cli.command {
         Cmd::Hooks { json } => print_hooks(registry, json),
+        Cmd::Serve { listen, data_dir, events_out, telegram_secret, body_limit, drain_timeout, welcome, session } => {
+            let (settings, file) = session.resolve()?;
+            let data_dir = data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("gateway-data"));
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating --data-dir {}", data_dir.display()))?;
+            let listen = listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+            let listen: std::net::SocketAddr = listen
+                .parse()
+                .with_context(|| format!("--listen {listen:?} is not an address such as 127.0.0.1:8080"))?;
+            let drain_timeout = match (drain_timeout, &file.drain_timeout) {
+                (Some(d), _) => d,
+                (None, Some(s)) => {
+                    crate::config::parse_duration(s).map_err(|e| anyhow::anyhow!("config `drain_timeout`: {e}"))?
+                }
+                (None, None) => std::time::Duration::from_secs(10),
+            };
+            let events_out = events_out.or(file.events_out).unwrap_or_else(|| data_dir.join("events.jsonl"));
+            let audit = Arc::new(
+                AuditLog::append(&events_out, settings.audit)
+                    .with_context(|| format!("opening the events file {}", events_out.display()))?,
+            );
+            let mut state = hook_state(&settings, Arc::clone(&audit))?;
+            state.insert(gateway_plugin_memory::Greeter::new(welcome));
+            let dispatcher =
+                Arc::new(Dispatcher::with_config(Registry::from_inventory(), state, DispatchConfig::default()));
+            let options = crate::serve::ServeOptions {
+                listen,
+                policy: settings.policy.clone(),
+                scope: settings.scope,
+                telegram_secret: telegram_secret.or(file.telegram_secret),
+                body_limit: body_limit.or(file.body_limit).unwrap_or(1 << 20),
+                drain_timeout,
+                data_dir,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(options.listen)
+                    .await
+                    .with_context(|| format!("listening on {}", options.listen))?;
+                eprintln!("gateway-example listening on http://{}", listener.local_addr()?);
+                crate::serve::run(listener, options, dispatcher, crate::serve::shutdown_signal()).await
+            })?;
+            audit.finish().context("finishing the events file")?;
+            eprintln!(
+                "shut down: {} sessions closed, {}",
+                report.sessions_closed,
+                if report.drained {
+                    "every event delivered".to_owned()
+                } else {
+                    format!("{} events undelivered", report.undelivered.len())
+                }
+            );
+            Ok(())
+        }
         Cmd::TelegramUpdates { input, first_update_id } => {
             let file = std::fs::File::open(&input).with_context(|| format!("opening {}", input.display()))?;
             let stdout = std::io::stdout().lock();
@@ -122,13 +215,7 @@ fn run(cli: Cli) -> Result<()> {
                 AuditLog::create(&events_out, settings.audit)
                     .with_context(|| format!("creating the events file {}", events_out.display()))?,
             );
-            let mut state = State::new();
-            state.insert(Metrics::default());
-            state.insert(Arc::clone(&audit));
-            if let Some(dir) = &settings.memory_dir {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating --memory-dir {}", dir.display()))?;
-                state.insert(gateway_plugin_memory::MemoryDir(dir.clone()));
-            }
+            let state = hook_state(&settings, Arc::clone(&audit))?;
             let dispatcher =
                 Arc::new(Dispatcher::with_config(Registry::from_inventory(), state, DispatchConfig::default()));
             let options = replay::ReplayOptions { input, strict, progress: !no_progress, max_reported: 100 };
@@ -143,6 +230,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The state every hook of this binary reads: metrics, the events file, the memory directory.
+fn hook_state(settings: &crate::config::Settings, audit: Arc<AuditLog>) -> Result<State> {
+    let mut state = State::new();
+    state.insert(Metrics::default());
+    state.insert(audit);
+    if let Some(dir) = &settings.memory_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating --memory-dir {}", dir.display()))?;
+        state.insert(gateway_plugin_memory::MemoryDir(dir.clone()));
+    }
+    Ok(state)
 }
 
 fn print_hooks(registry: &Registry, json: bool) -> Result<()> {

@@ -84,15 +84,11 @@ impl LineError {
 ///
 /// [`LineError`] when the line is neither blank nor a valid record or Update.
 pub fn parse_line(bytes: &[u8]) -> Result<Line<'_>, LineError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| LineError::Utf8(e.valid_up_to()))?;
+    let text = utf8(bytes)?;
     if text.chars().all(char::is_whitespace) {
         return Ok(Line::Blank);
     }
-    // Derived structs would also accept a JSON array (fields by position): only objects are lines.
-    if !text.trim_start().starts_with('{') {
-        return Err(LineError::Json("expected a JSON object".into()));
-    }
-    let raw: RawLine<'_> = serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
+    let raw = parse_object(text)?;
     if raw.update_id.0.is_some() {
         return update_record(raw);
     }
@@ -102,6 +98,53 @@ pub fn parse_line(bytes: &[u8]) -> Result<Line<'_>, LineError> {
     let text = raw.text.0.ok_or(LineError::Missing("text"))?;
     let ts: Timestamp = ts.parse().map_err(|_| LineError::BadTs(ts.clone().into_owned()))?;
     Ok(Line::Record(Record { ts, platform: raw.platform.0.unwrap_or(Cow::Borrowed("replay")), chat_id, user_id, text }))
+}
+
+/// Parses the body of `POST /v1/messages`: `{"chat_id", "user_id", "text", "platform"?}` (a `ts` is
+/// ignored: live messages take their arrival time, which the caller puts in `ts`).
+///
+/// # Errors
+///
+/// [`LineError`] naming the problem (invalid JSON, a missing field).
+pub fn parse_message_body(bytes: &[u8], now: Timestamp) -> Result<Record<'_>, LineError> {
+    let raw = parse_object(utf8(bytes)?)?;
+    Ok(Record {
+        ts: now,
+        chat_id: raw.chat_id.0.ok_or(LineError::Missing("chat_id"))?,
+        user_id: raw.user_id.0.ok_or(LineError::Missing("user_id"))?,
+        text: raw.text.0.ok_or(LineError::Missing("text"))?,
+        platform: raw.platform.0.unwrap_or(Cow::Borrowed("web")),
+    })
+}
+
+/// Parses the body of `POST /telegram/webhook`, a Bot API `Update`; `Ok(None)` for an Update without
+/// a message. The record's `ts` is `now` (arrival time), not the message's `date`.
+///
+/// # Errors
+///
+/// [`LineError`] naming the problem (invalid JSON, no `update_id`, a message without `chat.id`).
+pub fn parse_telegram_update(bytes: &[u8], now: Timestamp) -> Result<Option<Record<'_>>, LineError> {
+    let raw = parse_object(utf8(bytes)?)?;
+    if raw.update_id.0.is_none() {
+        return Err(LineError::Missing("update_id"));
+    }
+    Ok(match update_record(raw)? {
+        Line::Record(r) => Some(Record { ts: now, ..r }),
+        Line::Blank | Line::Ignored => None,
+    })
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, LineError> {
+    std::str::from_utf8(bytes).map_err(|e| LineError::Utf8(e.valid_up_to()))
+}
+
+/// A JSON object's fields. Derived structs would also accept a JSON array (fields by position), so
+/// the first character is checked: only objects are records.
+fn parse_object(text: &str) -> Result<RawLine<'_>, LineError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(LineError::Json("expected a JSON object".into()));
+    }
+    serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))
 }
 
 fn update_record(raw: RawLine<'_>) -> Result<Line<'_>, LineError> {

@@ -21,4 +21,5 @@ pub mod hooks;
 pub mod input;
 pub mod jsonl;
 pub mod replay;
+pub mod serve;
 pub mod updates;
