@@ -90,9 +90,13 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
         (quote!(Sync), shim)
     };
 
+    // A `#[cfg(...)]` on the function must remove its registration too.
+    let cfgs = func.attrs.iter().filter(|a| a.path().is_ident("cfg"));
+
     quote! {
         #func
 
+        #(#cfgs)*
         #[doc(hidden)]
         const _: () = {
             #shim

@@ -15,3 +15,8 @@ fn main() {
     assert_eq!(meta.kind(), HandlerKind::Sync);
     assert_eq!(meta.module_path(), module_path!());
 }
+
+/// A hook compiled out by `cfg` is not registered either (`main` checks there is exactly one hook).
+#[hook(session_start)]
+#[cfg(any())]
+fn never_compiled(_ev: &SessionStart) {}
