@@ -17,18 +17,26 @@
 //! with the same `event_id`: emission is exactly once, delivery at least once.
 //!
 //! [`MemoryStore`] keeps everything in memory (tests, replay, a single gateway that may lose its
-//! sessions on restart). Durable stores (SQLite, PostgreSQL) implement the same trait.
+//! sessions on restart). [`SqliteStore`] keeps it in one SQLite file, survives crashes, and commits
+//! several steps per transaction ([`Store::apply`], group commit); on start the runtime reads back what
+//! it needs to resume ([`Store::recover`]): the open sessions with their messages, and the events not
+//! yet delivered.
 
+mod codec;
 mod memory;
+mod sqlite;
 
 use std::future::Future;
 
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::event::{AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart};
+use compact_str::CompactString;
+
+use crate::event::{AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart, TranscriptEntry};
 
 pub use memory::MemoryStore;
+pub use sqlite::{DeadLetter, SCHEMA_VERSION, SqliteOptions, SqliteStore, Synchronous};
 
 /// The position of an event in a store's outbox: increasing in record order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -133,6 +141,157 @@ pub enum StoreError {
     /// The backend failed (I/O, database); the step did not happen.
     #[error("store backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The disk (or the database's configured size limit) is full; the step did not happen and nothing
+    /// committed before was lost. Free space and restart.
+    #[error("the session store is full ({detail}); nothing was written, committed data is intact")]
+    Full {
+        /// The backend's message.
+        detail: String,
+    },
+    /// The store cannot write (a read-only file, directory or file system); the step did not happen.
+    #[error("the session store is read-only ({detail}); nothing was written, committed data is intact")]
+    ReadOnly {
+        /// The backend's message.
+        detail: String,
+    },
+    /// The database file is damaged (truncated, overwritten, not a database). The store refuses to open
+    /// it and never resets or rewrites it: restore it from a backup (see docs/operations.md).
+    #[error("the session database {path} is corrupt: {detail}; it was left untouched (restore it from a backup)")]
+    Corrupt {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What the check found.
+        detail: String,
+    },
+    /// The database was written by a newer version of this software (schema version `found`, this
+    /// build knows up to `supported`). The store refuses to open it rather than misread or downgrade it.
+    #[error(
+        "the session database {path} has schema version {found}, newer than this build supports ({supported}); \
+         it was left untouched (run the newer version, or restore a backup)"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// The schema version in the file.
+        found: i64,
+        /// The newest schema version this build can use.
+        supported: i64,
+    },
+    /// The store's worker has stopped (it panicked, or the store was closed); nothing was written.
+    #[error("the session store is closed")]
+    Closed,
+}
+
+/// One step of a batch given to [`Store::apply`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Step {
+    /// [`Store::open`].
+    Open(SessionStart),
+    /// [`Store::close_if_open`].
+    Close(SessionEnd),
+    /// [`Store::rotate`].
+    Rotate(SessionEnd, SessionStart),
+    /// [`Store::record`].
+    Record(AnyEvent),
+    /// A message was routed to an open session: a durable store counts it, moves the session's last
+    /// message time (from which the idle deadline is computed on restart) and keeps it for the
+    /// transcript. Stores that do not survive a restart may ignore it.
+    Message(RoutedMessage),
+}
+
+/// A message routed to a session, as [`Step::Message`] records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutedMessage {
+    /// The session it counts toward.
+    pub session_id: SessionId,
+    /// When it was routed (UTC): the session's new last message time.
+    pub at: Timestamp,
+    /// The sender.
+    pub user_id: CompactString,
+    /// Its text.
+    pub text: String,
+}
+
+/// What one [`Step`] of a batch did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepOutcome {
+    /// See [`Store::open`].
+    Opened(OpenOutcome),
+    /// See [`Store::close_if_open`].
+    Closed(CloseOutcome),
+    /// See [`Store::rotate`].
+    Rotated(RotateOutcome),
+    /// See [`Store::record`].
+    Recorded(OutboxSeq),
+    /// The message was counted.
+    Message,
+}
+
+/// An open session with what a restarted engine needs to go on with it (see
+/// [`Engine::restore`](crate::lifecycle::Engine::restore)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredSession {
+    /// The session.
+    pub session_id: SessionId,
+    /// Its key.
+    pub key: SessionKey,
+    /// The sender of the message that opened it.
+    pub user_id: CompactString,
+    /// When it opened (UTC).
+    pub started_at: Timestamp,
+    /// Its last message's time (UTC); its idle deadline is this plus the idle timeout.
+    pub last_message_at: Timestamp,
+    /// Messages routed to it.
+    pub message_count: u64,
+    /// Its messages, oldest first (all of them; the engine keeps its transcript limit).
+    pub transcript: Vec<TranscriptEntry>,
+}
+
+/// An event recorded and not yet delivered to every handler, read back on start.
+#[derive(Clone, Debug)]
+pub struct PendingDelivery {
+    /// The event and its outbox position.
+    pub entry: OutboxEntry,
+    /// Delivery attempts recorded so far (0 if the process stopped before recording any).
+    pub attempts: u32,
+    /// Handlers (by qualified name) that already handled it: a re-delivery skips them.
+    pub done: Vec<String>,
+}
+
+/// What a store hands the runtime on start.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// Sessions open when the last process stopped, oldest first.
+    pub sessions: Vec<RecoveredSession>,
+    /// Undelivered events, in outbox order.
+    pub pending: Vec<PendingDelivery>,
+    /// Events in the dead-letter state (not delivered again until retried).
+    pub dead_letters: u64,
+}
+
+/// One handler's result for one delivery attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerResult {
+    /// The hook's qualified name (`module::path::name`).
+    pub handler: String,
+    /// `None` if it succeeded, else what went wrong (error, panic, timeout).
+    pub error: Option<String>,
+}
+
+/// What one delivery attempt of an outbox event did, as [`Store::record_delivery`] records it.
+#[derive(Clone, Debug)]
+pub struct DeliveryRecord<'a> {
+    /// The event's outbox position.
+    pub seq: OutboxSeq,
+    /// The attempt number (1 for the first delivery).
+    pub attempt: u32,
+    /// One result per handler called in this attempt (handlers done in earlier attempts are not called).
+    pub results: &'a [HandlerResult],
+    /// Whether the event gives up: some handler failed and this was the last allowed attempt. The event
+    /// moves to the dead-letter state with the errors, instead of staying pending.
+    pub dead: bool,
 }
 
 /// Records sessions and events atomically. See the [module docs](self).
@@ -198,4 +357,67 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// Backend failures.
     fn open_sessions(&self) -> impl Future<Output = Result<Vec<OpenSession>, StoreError>> + Send;
+
+    /// Performs `steps` in order; a durable store commits them together (one transaction: all or none),
+    /// so many inputs share one disk flush. Returns one result per step: a step that is refused
+    /// ([`StoreError::UnknownSession`], [`StoreError::DuplicateSession`], …) changes nothing and the
+    /// others go on.
+    ///
+    /// The default performs the steps one by one with the other methods (not atomically as a whole).
+    ///
+    /// # Errors
+    ///
+    /// Backend failures: then no step of the batch happened (in a transactional store).
+    fn apply(
+        &self,
+        steps: Vec<Step>,
+    ) -> impl Future<Output = Result<Vec<Result<StepOutcome, StoreError>>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(steps.len());
+            for step in steps {
+                let result = match step {
+                    Step::Open(start) => self.open(&start).await.map(StepOutcome::Opened),
+                    Step::Close(end) => self.close_if_open(&end).await.map(StepOutcome::Closed),
+                    Step::Rotate(end, start) => self.rotate(&end, &start).await.map(StepOutcome::Rotated),
+                    Step::Record(event) => self.record(&event).await.map(StepOutcome::Recorded),
+                    Step::Message(_) => Ok(StepOutcome::Message),
+                };
+                match result {
+                    Err(e @ (StoreError::Backend(_) | StoreError::Full { .. } | StoreError::ReadOnly { .. })) => {
+                        return Err(e);
+                    }
+                    other => out.push(other),
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// Records one delivery attempt of the event at `record.seq`: per-handler results, and the event's
+    /// state (delivered when no handler failed, dead when `record.dead`, else still pending).
+    ///
+    /// The default marks the event delivered (whatever the handlers did) with
+    /// [`mark_delivered`](Self::mark_delivered) unless it is still to be retried: a store without
+    /// delivery records.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures.
+    fn record_delivery(&self, record: &DeliveryRecord<'_>) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let finished = record.dead || record.results.iter().all(|r| r.error.is_none());
+        let seq = record.seq;
+        async move { if finished { self.mark_delivered(seq).await } else { Ok(()) } }
+    }
+
+    /// What the runtime needs to resume after a restart: open sessions with their messages, undelivered
+    /// events, the dead-letter count.
+    ///
+    /// The default recovers nothing: a store that does not outlive its process starts empty.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures.
+    fn recover(&self) -> impl Future<Output = Result<Recovery, StoreError>> + Send {
+        async { Ok(Recovery::default()) }
+    }
 }

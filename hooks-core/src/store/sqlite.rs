@@ -1,0 +1,905 @@
+//! The SQLite store: sessions, their messages and the outbox in one database file.
+//!
+//! # Schema (version 1)
+//!
+//! - `sessions`: one row per session, `state` `open` or `closed`. A partial unique index on `key` where
+//!   `state = 'open'` makes "at most one open session per key" a database constraint, not a convention.
+//! - `transcript`: the messages of open sessions (deleted in the transaction that closes the session:
+//!   its `SessionEnd` in the outbox carries them from then on).
+//! - `outbox`: recorded events, `state` `pending` or `dead`; a delivered event's row is deleted.
+//! - `deliveries`: per event and handler, attempts and the last error, so a re-delivery skips the
+//!   handlers that already succeeded.
+//!
+//! The schema version is `PRAGMA user_version`. Opening a database runs the migrations it lacks; a
+//! database from a newer build, a damaged one, or a non-empty database that is not a session store
+//! is refused with a typed error ([`StoreError::NewerSchema`], [`StoreError::Corrupt`]) and never
+//! modified.
+//!
+//! # Threads and group commit
+//!
+//! SQLite calls block, so none runs on the async runtime: one dedicated writer thread owns the
+//! connection, and every store call is a job sent to it. The writer takes every job that is waiting
+//! (up to [`SqliteOptions::max_batch`]) and runs them in one transaction, each inside a savepoint so a
+//! refused job leaves no trace, then commits once and only then answers each caller. Under load many
+//! inputs share one disk flush; a caller is never told "done" before its data is durable.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use compact_str::CompactString;
+use jiff::Timestamp;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::codec;
+use super::{
+    CloseOutcome, DeliveryRecord, LostClose, OpenOutcome, OpenSession, OutboxEntry, OutboxSeq, PendingDelivery,
+    RecoveredSession, Recovery, RotateOutcome, RoutedMessage, Step, StepOutcome, Store, StoreError,
+};
+use crate::event::{
+    AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart, TranscriptEntry,
+};
+
+/// The newest schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v - 1` to `v`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY NOT NULL,
+        key TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        last_message_at INTEGER NOT NULL,
+        message_count INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('open', 'closed')),
+        reason TEXT,
+        ended_at INTEGER,
+        detected_at INTEGER,
+        previous_session_id TEXT
+    );
+    CREATE UNIQUE INDEX sessions_one_open_per_key ON sessions (key) WHERE state = 'open';
+    CREATE TABLE transcript (
+        session_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        PRIMARY KEY (session_id, n)
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        key TEXT,
+        payload TEXT NOT NULL,
+        recorded_at INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_by_state ON outbox (state, seq);
+    CREATE TABLE deliveries (
+        seq INTEGER NOT NULL,
+        handler TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        delivered INTEGER NOT NULL,
+        last_error TEXT,
+        PRIMARY KEY (seq, handler)
+    ) WITHOUT ROWID;
+"];
+
+/// How hard SQLite works to make a commit durable (`PRAGMA synchronous`, in WAL mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// `FULL` (default): every commit is flushed to disk (fsync of the WAL) before the caller hears of
+    /// it. A crash of the process, the OS or the machine loses nothing that was acknowledged.
+    #[default]
+    Full,
+    /// `NORMAL`: the WAL is flushed only at checkpoints. Still safe against a crash of the *process*
+    /// (SIGKILL, panic, OOM kill): the data is in the OS page cache. A power loss or kernel crash can
+    /// lose the most recent commits (sessions opened or closed, messages counted, events recorded
+    /// since the last checkpoint), though the database stays consistent. Faster on slow disks.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
+/// Settings of a [`SqliteStore`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// Durability of each commit. Default: [`Synchronous::Full`].
+    pub synchronous: Synchronous,
+    /// The most store calls committed in one transaction (group commit). Default: 512.
+    pub max_batch: usize,
+    /// How long a write waits for another process holding the database's write lock (e.g. the
+    /// `dead-letters retry` command) before failing. Default: 5 seconds.
+    pub busy_timeout: Duration,
+    /// Caps the database at this many pages (`PRAGMA max_page_count`; 4096 bytes each): a quota. A
+    /// write beyond it fails with [`StoreError::Full`] exactly as a full disk would. Default: none.
+    pub max_pages: Option<u64>,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { synchronous: Synchronous::Full, max_batch: 512, busy_timeout: Duration::from_secs(5), max_pages: None }
+    }
+}
+
+impl SqliteOptions {
+    /// The defaults with `synchronous`.
+    pub fn with_synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// The defaults with a page cap (see [`max_pages`](Self::max_pages)).
+    pub fn with_max_pages(mut self, pages: u64) -> Self {
+        self.max_pages = Some(pages);
+        self
+    }
+}
+
+/// An event in the dead-letter state: a handler kept failing until the last allowed attempt.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// Its outbox position.
+    pub seq: OutboxSeq,
+    /// Its id.
+    pub event_id: String,
+    /// Its name, e.g. `"session_end"`.
+    pub event: String,
+    /// Its session key (as `platform:chat[#thread][@user]`), if it has one.
+    pub key: Option<String>,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// The last failure, `hook: error` per failing handler.
+    pub error: Option<String>,
+    /// When it was recorded (UTC).
+    pub recorded_at: Timestamp,
+}
+
+type AnyBox = Box<dyn Any + Send>;
+
+struct Job {
+    run: Box<dyn FnOnce(&Connection) -> Result<AnyBox, StoreError> + Send>,
+    reply: oneshot::Sender<Result<AnyBox, StoreError>>,
+}
+
+/// A [`Store`] in one SQLite file (WAL mode), safe across crashes. See the [module docs](self).
+///
+/// ```
+/// use hooks_core::store::{SqliteOptions, SqliteStore, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = std::env::temp_dir().join(format!("hooks-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let store = SqliteStore::open(dir.join("sessions.sqlite3"), SqliteOptions::default())?;
+/// assert!(store.open_sessions().await?.is_empty());
+/// # drop(store); std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish the jobs it has, then close the connection, which
+        // checkpoints the WAL into the database file; waiting makes "dropped" mean "closed cleanly".
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Maps a SQLite error to the store's error kinds.
+fn classify(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Full { detail: e.to_string() },
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            StoreError::ReadOnly { detail: e.to_string() }
+        }
+        _ => StoreError::Backend(Box::new(e)),
+    }
+}
+
+fn corrupt(path: &Path, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { path: path.to_owned(), detail: detail.to_string() }
+}
+
+/// Nanoseconds since the Unix epoch, as SQLite stores them.
+fn nanos(t: Timestamp) -> i64 {
+    // i64 nanoseconds reach the year 2262; later times (never produced by a real clock) saturate.
+    i64::try_from(t.as_nanosecond()).unwrap_or(if t < Timestamp::UNIX_EPOCH { i64::MIN } else { i64::MAX })
+}
+
+fn from_nanos(n: i64) -> Timestamp {
+    Timestamp::from_nanosecond(i128::from(n)).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn key_json(key: &SessionKey) -> String {
+    serde_json::to_string(key).expect("session keys serialize")
+}
+
+fn bad_row(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("unreadable {what} in the session database: {e}").into())
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`, bringing its schema up to [`SCHEMA_VERSION`].
+    ///
+    /// # Errors
+    ///
+    /// - [`StoreError::Corrupt`]: the file is empty, not a SQLite database, fails SQLite's integrity
+    ///   check, or is a database of something else;
+    /// - [`StoreError::NewerSchema`]: it was written by a newer build;
+    /// - [`StoreError::ReadOnly`]: the file or its directory cannot be written;
+    /// - [`StoreError::Full`], [`StoreError::Backend`]: creating or migrating it failed.
+    ///
+    /// In every error case the file is left as it was.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_owned();
+        let conn = Self::connect(&path, &options)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let max_batch = options.max_batch.max(1);
+        let writer = std::thread::Builder::new()
+            .name("sqlite-store".into())
+            .spawn(move || writer(conn, rx, max_batch))
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(Self { path, jobs: Some(tx), writer: Some(writer) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+        // A session database is never empty on disk (the schema is written before WAL is switched on),
+        // so an empty file is one that was truncated: refuse it rather than start over in it.
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.len() == 0
+        {
+            return Err(corrupt(path, "the file is empty (truncated?)"));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(StoreError::ReadOnly { detail: format!("{} can only be opened read-only", path.display()) });
+        }
+        conn.busy_timeout(options.busy_timeout).map_err(classify)?;
+        let version: i64 =
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { path: path.to_owned(), found: version, supported: SCHEMA_VERSION });
+        }
+        let check: String =
+            conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
+        if check != "ok" {
+            return Err(corrupt(path, format!("integrity check: {check}")));
+        }
+        if version == 0 {
+            let tables: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(|e| open_error(path, e))?;
+            if tables > 0 {
+                return Err(corrupt(path, "a SQLite database with tables but no session schema version"));
+            }
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+            let to = i as i64 + 1;
+            let tx = conn.unchecked_transaction().map_err(classify)?;
+            tx.execute_batch(sql).map_err(classify)?;
+            tx.pragma_update(None, "user_version", to).map_err(classify)?;
+            tx.commit().map_err(classify)?;
+        }
+        let mode: String =
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!("could not switch {} to WAL (got {mode})", path.display()).into()));
+        }
+        conn.pragma_update(None, "synchronous", options.synchronous.pragma()).map_err(classify)?;
+        if let Some(pages) = options.max_pages {
+            let pages = i64::try_from(pages).unwrap_or(i64::MAX);
+            let _: i64 =
+                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| r.get(0)).map_err(classify)?;
+        }
+        Ok(conn)
+    }
+
+    /// Runs `f` on the writer thread inside the current group transaction; answers after the commit.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job { run: Box::new(move |conn| f(conn).map(|t| Box::new(t) as AnyBox)), reply };
+        self.jobs.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
+        let any = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(*any.downcast::<T>().expect("a job answers with its own type"))
+    }
+
+    /// Every event in the dead-letter state, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, event_id, event, key, attempts, last_error, recorded_at FROM outbox
+                     WHERE state = 'dead' ORDER BY seq",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })
+                .map_err(classify)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, event_id, event, key, attempts, error, recorded_at) = row.map_err(classify)?;
+                let key = key
+                    .map(|k| serde_json::from_str::<SessionKey>(&k).map(|k| k.to_string()))
+                    .transpose()
+                    .map_err(|e| bad_row("outbox key", e))?;
+                out.push(DeadLetter {
+                    seq: OutboxSeq(seq as u64),
+                    event_id,
+                    event,
+                    key,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    error,
+                    recorded_at: from_nanos(recorded_at),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Moves dead letters back to pending (all of them, or those at `only`): the next start of a
+    /// gateway on this database delivers them again, to the handlers that had not handled them, with a
+    /// fresh attempt budget. Returns how many moved.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures.
+    pub async fn retry_dead_letters(&self, only: Option<Vec<OutboxSeq>>) -> Result<u64, StoreError> {
+        self.call(move |conn| {
+            let moved = match only {
+                None => conn
+                    .execute("UPDATE outbox SET state = 'pending', attempts = 0 WHERE state = 'dead'", [])
+                    .map_err(classify)?,
+                Some(seqs) => {
+                    let mut stmt = conn
+                        .prepare_cached(
+                            "UPDATE outbox SET state = 'pending', attempts = 0 WHERE state = 'dead' AND seq = ?1",
+                        )
+                        .map_err(classify)?;
+                    let mut n = 0;
+                    for seq in seqs {
+                        n += stmt.execute([seq.0 as i64]).map_err(classify)?;
+                    }
+                    n
+                }
+            };
+            Ok(moved as u64)
+        })
+        .await
+    }
+
+    /// Counts of sessions by state and of outbox rows by state: `(open, closed, pending, dead)`.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures.
+    pub async fn counts(&self) -> Result<(u64, u64, u64, u64), StoreError> {
+        self.call(|conn| {
+            let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(classify);
+            Ok((
+                q("SELECT count(*) FROM sessions WHERE state = 'open'")?,
+                q("SELECT count(*) FROM sessions WHERE state = 'closed'")?,
+                q("SELECT count(*) FROM outbox WHERE state = 'pending'")?,
+                q("SELECT count(*) FROM outbox WHERE state = 'dead'")?,
+            ))
+        })
+        .await
+    }
+}
+
+fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => corrupt(path, e),
+        _ => classify(e),
+    }
+}
+
+/// The writer thread: group commit of every waiting job.
+fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, max_batch: usize) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            let code = e.sqlite_error_code();
+            for job in batch {
+                let _ = job.reply.send(Err(same_error(code, &msg)));
+            }
+            continue;
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut broken: Option<(Option<ErrorCode>, String)> = None;
+        for Job { run, reply } in batch {
+            if let Some((code, msg)) = &broken {
+                let _ = reply.send(Err(same_error(*code, msg)));
+                continue;
+            }
+            let result = match conn.execute_batch("SAVEPOINT job") {
+                Ok(()) => {
+                    let result = run(&conn);
+                    let undo = if result.is_err() { "ROLLBACK TO job; RELEASE job" } else { "RELEASE job" };
+                    // After some errors (a full disk, I/O) SQLite rolls back the whole transaction by
+                    // itself; the jobs after it must not run in autocommit mode, so the batch stops.
+                    if conn.is_autocommit() {
+                        broken = Some((None, "the transaction was rolled back by SQLite".into()));
+                    } else if let Err(e) = conn.execute_batch(undo) {
+                        broken = Some((e.sqlite_error_code(), e.to_string()));
+                    }
+                    result
+                }
+                Err(e) => Err(classify(e)),
+            };
+            answers.push((reply, result));
+        }
+        let commit = if broken.is_none() { conn.execute_batch("COMMIT") } else { Err(rusqlite::Error::InvalidQuery) };
+        match commit {
+            Ok(()) => {
+                for (reply, result) in answers {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let (code, msg) = match broken {
+                    Some(b) => b,
+                    None => (e.sqlite_error_code(), e.to_string()),
+                };
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                for (reply, result) in answers {
+                    // A job that failed on its own keeps its own (more precise) error.
+                    let _ = reply.send(Err(match result {
+                        Err(e) => e,
+                        Ok(_) => same_error(code, &msg),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// A fresh error of the kind `code` with message `msg` (the same failure, reported to several callers).
+fn same_error(code: Option<ErrorCode>, msg: &str) -> StoreError {
+    match code {
+        Some(ErrorCode::DiskFull) => StoreError::Full { detail: msg.to_owned() },
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            StoreError::ReadOnly { detail: msg.to_owned() }
+        }
+        _ => StoreError::Backend(msg.to_owned().into()),
+    }
+}
+
+// ---- the steps, each run inside the writer's transaction ----
+
+fn insert_outbox(conn: &Connection, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO outbox (event_id, event, key, payload, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(classify)?;
+    stmt.execute(params![
+        event.event_id().to_string(),
+        event.name(),
+        event.key().map(key_json),
+        codec::encode(event),
+        nanos(Timestamp::now()),
+    ])
+    .map_err(classify)?;
+    Ok(OutboxSeq(conn.last_insert_rowid() as u64))
+}
+
+/// `Ok(None)` if open, `Ok(Some(lost))` if closed, `Err(UnknownSession)` if never opened.
+fn session_state(conn: &Connection, id: SessionId) -> Result<Option<LostClose>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT state, reason, ended_at FROM sessions WHERE id = ?1").map_err(classify)?;
+    let row = stmt
+        .query_row([id.to_string()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?))
+        })
+        .optional()
+        .map_err(classify)?;
+    match row {
+        None => Err(StoreError::UnknownSession(id)),
+        Some((state, _, _)) if state == "open" => Ok(None),
+        Some((_, reason, ended_at)) => {
+            let reason = reason.as_deref().unwrap_or("");
+            let reason = CloseReason::ALL
+                .into_iter()
+                .find(|r| r.as_str() == reason)
+                .ok_or_else(|| bad_row("close reason", reason))?;
+            Ok(Some(LostClose { session_id: id, reason, ended_at: from_nanos(ended_at.unwrap_or(0)) }))
+        }
+    }
+}
+
+fn session_exists(conn: &Connection, id: SessionId) -> Result<bool, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1").map_err(classify)?;
+    stmt.exists([id.to_string()]).map_err(classify)
+}
+
+fn open_of_key(conn: &Connection, key: &str) -> Result<Option<SessionId>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM sessions WHERE key = ?1 AND state = 'open'").map_err(classify)?;
+    let id: Option<String> = stmt.query_row([key], |r| r.get(0)).optional().map_err(classify)?;
+    id.map(|s| s.parse::<uuid::Uuid>().map(SessionId::from).map_err(|e| bad_row("session id", e))).transpose()
+}
+
+fn insert_session(conn: &Connection, start: &SessionStart, key: &str) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO sessions (id, key, user_id, started_at, last_message_at, state, previous_session_id)
+             VALUES (?1, ?2, ?3, ?4, ?4, 'open', ?5)",
+        )
+        .map_err(classify)?;
+    stmt.execute(params![
+        start.session_id.to_string(),
+        key,
+        start.user_id.as_str(),
+        nanos(start.started_at),
+        start.previous_session_id.map(|p| p.to_string()),
+    ])
+    .map_err(classify)?;
+    Ok(())
+}
+
+fn close_session(conn: &Connection, end: &SessionEnd) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE sessions SET state = 'closed', reason = ?2, ended_at = ?3, detected_at = ?4, message_count = ?5
+             WHERE id = ?1 AND state = 'open'",
+        )
+        .map_err(classify)?;
+    let changed = stmt
+        .execute(params![
+            end.session_id.to_string(),
+            end.reason.as_str(),
+            nanos(end.ended_at),
+            nanos(end.detected_at),
+            end.message_count as i64,
+        ])
+        .map_err(classify)?;
+    if changed != 1 {
+        // Checked open just before, inside the same transaction: cannot happen.
+        return Err(StoreError::Backend(format!("session {} changed under its close", end.session_id).into()));
+    }
+    conn.prepare_cached("DELETE FROM transcript WHERE session_id = ?1")
+        .and_then(|mut s| s.execute([end.session_id.to_string()]))
+        .map_err(classify)?;
+    Ok(())
+}
+
+fn step_open(conn: &Connection, start: &SessionStart) -> Result<OpenOutcome, StoreError> {
+    if session_exists(conn, start.session_id)? {
+        return Err(StoreError::DuplicateSession(start.session_id));
+    }
+    let key = key_json(&start.key);
+    if let Some(open) = open_of_key(conn, &key)? {
+        return Ok(OpenOutcome::KeyBusy { open });
+    }
+    insert_session(conn, start, &key)?;
+    Ok(OpenOutcome::Opened { start: insert_outbox(conn, &AnyEvent::SessionStart(start.clone()))? })
+}
+
+fn step_close(conn: &Connection, end: &SessionEnd) -> Result<CloseOutcome, StoreError> {
+    if let Some(lost) = session_state(conn, end.session_id)? {
+        return Ok(CloseOutcome::Lost(lost));
+    }
+    close_session(conn, end)?;
+    Ok(CloseOutcome::Closed { end: insert_outbox(conn, &AnyEvent::SessionEnd(end.clone()))? })
+}
+
+fn step_rotate(conn: &Connection, end: &SessionEnd, start: &SessionStart) -> Result<RotateOutcome, StoreError> {
+    if start.key != end.key || start.previous_session_id != Some(end.session_id) {
+        return Err(StoreError::NotASuccessor { end: end.session_id, start: start.session_id });
+    }
+    if let Some(lost) = session_state(conn, end.session_id)? {
+        return Ok(RotateOutcome::Lost(lost));
+    }
+    if session_exists(conn, start.session_id)? {
+        return Err(StoreError::DuplicateSession(start.session_id));
+    }
+    close_session(conn, end)?;
+    insert_session(conn, start, &key_json(&start.key))?;
+    let e = insert_outbox(conn, &AnyEvent::SessionEnd(end.clone()))?;
+    let s = insert_outbox(conn, &AnyEvent::SessionStart(start.clone()))?;
+    Ok(RotateOutcome::Rotated { end: e, start: s })
+}
+
+fn step_record(conn: &Connection, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
+    if matches!(event, AnyEvent::SessionStart(_) | AnyEvent::SessionEnd(_)) {
+        return Err(StoreError::SessionEvent(event.name()));
+    }
+    insert_outbox(conn, event)
+}
+
+fn step_message(conn: &Connection, m: &RoutedMessage) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE sessions SET message_count = message_count + 1, last_message_at = max(last_message_at, ?2)
+             WHERE id = ?1 AND state = 'open' RETURNING message_count",
+        )
+        .map_err(classify)?;
+    let n: Option<i64> =
+        stmt.query_row(params![m.session_id.to_string(), nanos(m.at)], |r| r.get(0)).optional().map_err(classify)?;
+    let Some(n) = n else { return Err(StoreError::UnknownSession(m.session_id)) };
+    conn.prepare_cached("INSERT INTO transcript (session_id, n, at, user_id, text) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .and_then(|mut s| s.execute(params![m.session_id.to_string(), n, nanos(m.at), m.user_id.as_str(), m.text]))
+        .map_err(classify)?;
+    Ok(())
+}
+
+fn is_fatal(e: &StoreError) -> bool {
+    matches!(e, StoreError::Backend(_) | StoreError::Full { .. } | StoreError::ReadOnly { .. } | StoreError::Closed)
+}
+
+fn parse_id(s: &str) -> Result<SessionId, StoreError> {
+    s.parse::<uuid::Uuid>().map(SessionId::from).map_err(|e| bad_row("session id", e))
+}
+
+fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
+    let mut sessions = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, key, user_id, started_at, last_message_at, message_count FROM sessions
+                 WHERE state = 'open' ORDER BY started_at, id",
+            )
+            .map_err(classify)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(classify)?;
+        let mut transcript = conn
+            .prepare("SELECT at, user_id, text FROM transcript WHERE session_id = ?1 ORDER BY n")
+            .map_err(classify)?;
+        for row in rows {
+            let (id, key, user_id, started_at, last, count) = row.map_err(classify)?;
+            let entries = transcript
+                .query_map([&id], |r| {
+                    Ok(TranscriptEntry {
+                        at: from_nanos(r.get(0)?),
+                        user_id: CompactString::new(r.get::<_, String>(1)?),
+                        text: r.get(2)?,
+                    })
+                })
+                .map_err(classify)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(classify)?;
+            sessions.push(RecoveredSession {
+                session_id: parse_id(&id)?,
+                key: serde_json::from_str(&key).map_err(|e| bad_row("session key", e))?,
+                user_id: CompactString::new(user_id),
+                started_at: from_nanos(started_at),
+                last_message_at: from_nanos(last),
+                message_count: count as u64,
+                transcript: entries,
+            });
+        }
+    }
+    let mut pending = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT seq, payload, attempts FROM outbox WHERE state = 'pending' ORDER BY seq")
+            .map_err(classify)?;
+        let mut done = conn
+            .prepare("SELECT handler FROM deliveries WHERE seq = ?1 AND delivered = 1 ORDER BY handler")
+            .map_err(classify)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+            .map_err(classify)?;
+        for row in rows {
+            let (seq, payload, attempts) = row.map_err(classify)?;
+            let event = codec::decode(&payload).map_err(|e| bad_row("outbox event", e))?;
+            let handlers = done
+                .query_map([seq], |r| r.get::<_, String>(0))
+                .map_err(classify)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(classify)?;
+            pending.push(PendingDelivery {
+                entry: OutboxEntry { seq: OutboxSeq(seq as u64), event },
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                done: handlers,
+            });
+        }
+    }
+    let dead: i64 =
+        conn.query_row("SELECT count(*) FROM outbox WHERE state = 'dead'", [], |r| r.get(0)).map_err(classify)?;
+    Ok(Recovery { sessions, pending, dead_letters: dead as u64 })
+}
+
+fn record_delivery(conn: &Connection, seq: i64, attempt: i64, results: &[(String, Option<String>)], dead: bool) -> Result<(), StoreError> {
+    let failed: Vec<String> =
+        results.iter().filter_map(|(h, e)| e.as_ref().map(|e| format!("{h}: {e}"))).collect();
+    if failed.is_empty() {
+        conn.prepare_cached("DELETE FROM deliveries WHERE seq = ?1")
+            .and_then(|mut s| s.execute([seq]))
+            .map_err(classify)?;
+        conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1").and_then(|mut s| s.execute([seq])).map_err(classify)?;
+        return Ok(());
+    }
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT INTO deliveries (seq, handler, attempts, delivered, last_error) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (seq, handler) DO UPDATE SET attempts = excluded.attempts,
+                 delivered = excluded.delivered, last_error = excluded.last_error",
+        )
+        .map_err(classify)?;
+    for (handler, error) in results {
+        upsert.execute(params![seq, handler, attempt, error.is_none(), error]).map_err(classify)?;
+    }
+    let state = if dead { "dead" } else { "pending" };
+    conn.prepare_cached("UPDATE outbox SET state = ?2, attempts = ?3, last_error = ?4 WHERE seq = ?1")
+        .and_then(|mut s| s.execute(params![seq, state, attempt, failed.join("; ")]))
+        .map_err(classify)?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    async fn open(&self, start: &SessionStart) -> Result<OpenOutcome, StoreError> {
+        let start = start.clone();
+        self.call(move |conn| step_open(conn, &start)).await
+    }
+
+    async fn close_if_open(&self, end: &SessionEnd) -> Result<CloseOutcome, StoreError> {
+        let end = end.clone();
+        self.call(move |conn| step_close(conn, &end)).await
+    }
+
+    async fn rotate(&self, end: &SessionEnd, start: &SessionStart) -> Result<RotateOutcome, StoreError> {
+        let (end, start) = (end.clone(), start.clone());
+        self.call(move |conn| step_rotate(conn, &end, &start)).await
+    }
+
+    async fn record(&self, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
+        let event = event.clone();
+        self.call(move |conn| step_record(conn, &event)).await
+    }
+
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, payload FROM outbox WHERE state = 'pending' ORDER BY seq LIMIT ?1")
+                .map_err(classify)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map([limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .map_err(classify)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, payload) = row.map_err(classify)?;
+                let event = codec::decode(&payload).map_err(|e| bad_row("outbox event", e))?;
+                out.push(OutboxEntry { seq: OutboxSeq(seq as u64), event });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn mark_delivered(&self, seq: OutboxSeq) -> Result<(), StoreError> {
+        self.call(move |conn| record_delivery(conn, seq.0 as i64, 0, &[], false)).await
+    }
+
+    async fn open_sessions(&self) -> Result<Vec<OpenSession>, StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, key, started_at FROM sessions WHERE state = 'open' ORDER BY started_at, id")
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+                .map_err(classify)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, key, started_at) = row.map_err(classify)?;
+                out.push(OpenSession {
+                    session_id: parse_id(&id)?,
+                    key: serde_json::from_str(&key).map_err(|e| bad_row("session key", e))?,
+                    started_at: from_nanos(started_at),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn apply(&self, steps: Vec<Step>) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
+        self.call(move |conn| {
+            let mut out = Vec::with_capacity(steps.len());
+            for step in &steps {
+                let result = match step {
+                    Step::Open(start) => step_open(conn, start).map(StepOutcome::Opened),
+                    Step::Close(end) => step_close(conn, end).map(StepOutcome::Closed),
+                    Step::Rotate(end, start) => step_rotate(conn, end, start).map(StepOutcome::Rotated),
+                    Step::Record(event) => step_record(conn, event).map(StepOutcome::Recorded),
+                    Step::Message(m) => step_message(conn, m).map(|()| StepOutcome::Message),
+                };
+                match result {
+                    // A backend failure fails the whole batch (the writer rolls it back).
+                    Err(e) if is_fatal(&e) => return Err(e),
+                    other => out.push(other),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_delivery(&self, record: &DeliveryRecord<'_>) -> Result<(), StoreError> {
+        let seq = record.seq.0 as i64;
+        let attempt = i64::from(record.attempt);
+        let results: Vec<(String, Option<String>)> =
+            record.results.iter().map(|r| (r.handler.clone(), r.error.clone())).collect();
+        let dead = record.dead;
+        self.call(move |conn| record_delivery(conn, seq, attempt, &results, dead)).await
+    }
+
+    async fn recover(&self) -> Result<Recovery, StoreError> {
+        self.call(|conn| recover(conn)).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+use super::*;
+use crate::event::{StartCause, Transcript};
+use crate::store::HandlerResult;
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn start(n: u128, chat: &str, prev: Option<u128>) -> SessionStart {
+    SessionStart::new(
+        SessionId::from_u128(n),
+        SessionKey::chat("web", chat),
+        "alice".into(),
+        t("2024-05-01T10:00:00Z"),
+        if prev.is_some() { StartCause::Command } else { StartCause::Message },
+        prev.map(SessionId::from_u128),
+    )
+}
+
+fn end(n: u128, chat: &str, reason: CloseReason) -> SessionEnd {
+    let entries = vec![TranscriptEntry { at: t("2024-05-01T10:00:00Z"), user_id: "alice".into(), text: "hi".into() }];
+    SessionEnd::new(
+        SessionId::from_u128(n),
+        SessionKey::chat("web", chat),
+        "alice".into(),
+        reason,
+        t("2024-05-01T10:00:00Z"),
+        t("2024-05-01T10:30:00Z"),
+        t("2024-05-01T11:00:00Z"),
+        1,
+        Transcript::new(entries, false),
+    )
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("hooks-sqlite-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    fn db(&self) -> PathBuf {
+        self.0.join("sessions.sqlite3")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn close_is_exactly_once_across_reopen_and_events_round_trip() {
+    let dir = Dir::new("once");
+    rt().block_on(async {
+        let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+        assert!(matches!(store.open(&start(1, "a", None)).await.unwrap(), OpenOutcome::Opened { .. }));
+        let first = store.close_if_open(&end(1, "a", CloseReason::IdleExpiry)).await.unwrap();
+        assert!(matches!(first, CloseOutcome::Closed { .. }));
+        drop(store);
+
+        let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+        let second = store.close_if_open(&end(1, "a", CloseReason::UserNew)).await.unwrap();
+        let CloseOutcome::Lost(lost) = second else { panic!("closed twice: {second:?}") };
+        assert_eq!(lost.reason, CloseReason::IdleExpiry);
+        assert_eq!(lost.ended_at, t("2024-05-01T10:30:00Z"));
+
+        let pending = store.pending(10).await.unwrap();
+        assert_eq!(pending.len(), 2);
+        let AnyEvent::SessionEnd(e) = &pending[1].event else { panic!("{:?}", pending[1].event) };
+        assert_eq!(e.event_id, end(1, "a", CloseReason::IdleExpiry).event_id);
+        assert_eq!(e.detected_at, t("2024-05-01T11:00:00Z"));
+        assert_eq!(e.transcript.entries()[0].text, "hi");
+        assert!(matches!(
+            store.close_if_open(&end(9, "a", CloseReason::UserNew)).await,
+            Err(StoreError::UnknownSession(_))
+        ));
+    });
+}
+
+#[test]
+fn a_key_has_at_most_one_open_session_even_for_raw_sql() {
+    let dir = Dir::new("onekey");
+    rt().block_on(async {
+        let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+        store.open(&start(1, "a", None)).await.unwrap();
+        let busy = store.open(&start(2, "a", None)).await.unwrap();
+        assert_eq!(busy, OpenOutcome::KeyBusy { open: SessionId::from_u128(1) });
+        assert!(matches!(store.open(&start(1, "b", None)).await, Err(StoreError::DuplicateSession(_))));
+        let rotated = store.rotate(&end(1, "a", CloseReason::UserNew), &start(2, "a", Some(1))).await.unwrap();
+        assert!(matches!(rotated, RotateOutcome::Rotated { end, start } if end < start));
+        let open = store.open_sessions().await.unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].session_id, SessionId::from_u128(2));
+    });
+    drop(dir.db());
+    // The partial unique index holds for any writer, not only for this code.
+    let conn = Connection::open(dir.db()).unwrap();
+    let key: String = conn.query_row("SELECT key FROM sessions WHERE state = 'open'", [], |r| r.get(0)).unwrap();
+    let err = conn
+        .execute(
+            "INSERT INTO sessions (id, key, user_id, started_at, last_message_at, state) VALUES ('x', ?1, 'u', 0, 0, 'open')",
+            [key],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+}
+
+#[test]
+fn a_batch_commits_together_and_a_refused_step_leaves_the_others() {
+    let dir = Dir::new("batch");
+    rt().block_on(async {
+        let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+        let msg = RoutedMessage {
+            session_id: SessionId::from_u128(1),
+            at: t("2024-05-01T10:05:00Z"),
+            user_id: "bob".into(),
+            text: "hello".into(),
+        };
+        let out = store
+            .apply(vec![
+                Step::Open(start(1, "a", None)),
+                Step::Message(msg),
+                Step::Open(start(1, "b", None)),
+                Step::Open(start(2, "b", None)),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], Ok(StepOutcome::Opened(OpenOutcome::Opened { .. }))));
+        assert!(matches!(out[1], Ok(StepOutcome::Message)));
+        assert!(matches!(out[2], Err(StoreError::DuplicateSession(_))));
+        assert!(matches!(out[3], Ok(StepOutcome::Opened(OpenOutcome::Opened { .. }))));
+        let rec = store.recover().await.unwrap();
+        assert_eq!(rec.sessions.len(), 2);
+        let a = rec.sessions.iter().find(|s| s.session_id == SessionId::from_u128(1)).unwrap();
+        assert_eq!(a.message_count, 1);
+        assert_eq!(a.last_message_at, t("2024-05-01T10:05:00Z"));
+        assert_eq!(a.transcript[0].text, "hello");
+        assert_eq!(rec.pending.len(), 2);
+        assert!(rec.pending.iter().all(|p| p.attempts == 0 && p.done.is_empty()));
+    });
+}
+
+#[test]
+fn failing_handlers_are_retried_then_dead_lettered_and_can_be_retried() {
+    let dir = Dir::new("dead");
+    rt().block_on(async {
+        let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+        let OpenOutcome::Opened { start: seq } = store.open(&start(1, "a", None)).await.unwrap() else { panic!() };
+        let results = [
+            HandlerResult { handler: "m::ok".into(), error: None },
+            HandlerResult { handler: "m::bad".into(), error: Some("boom".into()) },
+        ];
+        store.record_delivery(&DeliveryRecord { seq, attempt: 1, results: &results, dead: false }).await.unwrap();
+        let rec = store.recover().await.unwrap();
+        assert_eq!(rec.pending[0].attempts, 1);
+        assert_eq!(rec.pending[0].done, vec!["m::ok".to_owned()]);
+
+        let again = [HandlerResult { handler: "m::bad".into(), error: Some("boom".into()) }];
+        store.record_delivery(&DeliveryRecord { seq, attempt: 2, results: &again, dead: true }).await.unwrap();
+        let rec = store.recover().await.unwrap();
+        assert!(rec.pending.is_empty());
+        assert_eq!(rec.dead_letters, 1);
+        let dead = store.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].attempts, 2);
+        assert_eq!(dead[0].event, "session_start");
+        assert!(dead[0].error.as_deref().unwrap().contains("m::bad: boom"));
+
+        assert_eq!(store.retry_dead_letters(None).await.unwrap(), 1);
+        let rec = store.recover().await.unwrap();
+        assert_eq!(rec.pending.len(), 1);
+        assert_eq!(rec.pending[0].done, vec!["m::ok".to_owned()]);
+        let ok = [HandlerResult { handler: "m::bad".into(), error: None }];
+        store.record_delivery(&DeliveryRecord { seq, attempt: 3, results: &ok, dead: false }).await.unwrap();
+        assert_eq!(store.counts().await.unwrap(), (1, 0, 0, 0));
+    });
+}
+
+fn snapshot(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn a_database_from_a_newer_schema_is_refused_and_left_untouched() {
+    let dir = Dir::new("newer");
+    drop(SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap());
+    Connection::open(dir.db()).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+    let before = snapshot(&dir.db());
+    let err = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap_err();
+    assert!(matches!(err, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1), "{err}");
+    assert!(err.to_string().contains("newer than this build"), "{err}");
+    assert_eq!(snapshot(&dir.db()), before);
+}
+
+#[test]
+fn damaged_empty_and_foreign_files_are_refused_and_left_untouched() {
+    let dir = Dir::new("corrupt");
+    let garbage = dir.0.join("garbage.sqlite3");
+    std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+    let err = SqliteStore::open(&garbage, SqliteOptions::default()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert_eq!(snapshot(&garbage), vec![0x42u8; 8192]);
+
+    let empty = dir.0.join("empty.sqlite3");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(SqliteStore::open(&empty, SqliteOptions::default()), Err(StoreError::Corrupt { .. })));
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+
+    let foreign = dir.0.join("foreign.sqlite3");
+    Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+    let before = snapshot(&foreign);
+    assert!(matches!(SqliteStore::open(&foreign, SqliteOptions::default()), Err(StoreError::Corrupt { .. })));
+    assert_eq!(snapshot(&foreign), before);
+
+    // A truncated session database.
+    rt().block_on(async {
+        let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+        for i in 0..300u128 {
+            store.open(&start(i + 1, &format!("chat-{i}"), None)).await.unwrap();
+        }
+    });
+    let full = snapshot(&dir.db());
+    std::fs::write(dir.db(), &full[..full.len() / 2]).unwrap();
+    let err = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert_eq!(snapshot(&dir.db()).len(), full.len() / 2);
+}
+
+#[test]
+fn a_full_store_fails_the_write_and_keeps_what_was_committed() {
+    let dir = Dir::new("full");
+    rt().block_on(async {
+        let store = SqliteStore::open(dir.db(), SqliteOptions::default().with_max_pages(12)).unwrap();
+        let mut opened = 0;
+        let mut failure = None;
+        for i in 0..10_000u128 {
+            match store.open(&start(i + 1, &format!("chat-with-a-long-name-{i:06}"), None)).await {
+                Ok(_) => opened += 1,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let failure = failure.expect("the page cap was reached");
+        assert!(matches!(failure, StoreError::Full { .. }), "{failure}");
+        assert!(opened > 0);
+        assert_eq!(store.open_sessions().await.unwrap().len(), opened);
+        drop(store);
+        let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+        assert_eq!(store.open_sessions().await.unwrap().len(), opened);
+    });
+}
