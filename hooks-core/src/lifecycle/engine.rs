@@ -15,6 +15,9 @@ use crate::event::{
     AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart, StartCause, Transcript, TranscriptEntry,
 };
 
+// `Engine::restore`, kept apart so the engine proper reads as the replay contract.
+mod restore;
+
 /// How the engine makes session ids.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SessionIds {
@@ -140,7 +143,9 @@ pub struct Engine {
     sweep: Option<i128>,
     ids: SessionIds,
     seq: u64,
-    now: Option<i128>,
+    /// The clock in nanoseconds and as a timestamp (kept both ways: converting back from an `i128`
+    /// costs a 128-bit division on every message).
+    now: Option<(i128, Timestamp)>,
     next_reset: Option<i128>,
     slots: Vec<Option<Session>>,
     free: Vec<u32>,
@@ -198,7 +203,7 @@ impl Engine {
     /// every close due at or before `now` happens, in time order, and its `SessionEnd` is appended to
     /// `out`.
     pub fn advance(&mut self, now: Timestamp, out: &mut Vec<AnyEvent>) {
-        let now = self.set_clock(now);
+        let (now, _) = self.set_clock(now);
         self.run_until(now, out);
         self.settle_top();
     }
@@ -227,7 +232,7 @@ impl Engine {
         at: Timestamp,
         out: &mut Vec<AnyEvent>,
     ) -> Routed {
-        let t = self.set_clock(at);
+        let (t, t_ts) = self.set_clock(at);
         self.run_until(t, out);
         let command = parse_reset_command(text);
         let hash = self.hasher.hash_one(key);
@@ -238,19 +243,19 @@ impl Engine {
         if let Some(s) = slot
             && self.slots[s as usize].as_ref().is_some_and(|sess| t >= sess.deadline)
         {
-            closed = self.close_slot(s, CloseReason::AutoReset, t, out);
+            closed = self.close_slot(s, CloseReason::AutoReset, t, t_ts, out);
             slot = None;
             cause = StartCause::AutoReset;
         }
         if let (Some(reason), Some(s)) = (command, slot) {
-            closed = self.close_slot(s, reason, t, out);
+            closed = self.close_slot(s, reason, t, t_ts, out);
             slot = None;
             cause = StartCause::Command;
         }
         let opened = slot.is_none();
         let s = match slot {
             Some(s) => s,
-            None => self.open(key, hash, user_id, t, cause, closed.map(|c| c.session_id), out),
+            None => self.open(key, hash, user_id, (t, t_ts), cause, closed.map(|c| c.session_id), out),
         };
 
         let idle = self.idle;
@@ -268,13 +273,13 @@ impl Engine {
                 sess.truncated = true;
             }
             sess.transcript.push_back(TranscriptEntry {
-                at: ts(t),
+                at: t_ts,
                 user_id: CompactString::new(user_id),
                 text: text.to_owned(),
             });
         }
         let routed =
-            Routed { session_id: sess.id, command, opened, closed, at: ts(t), message_count: sess.message_count };
+            Routed { session_id: sess.id, command, opened, closed, at: t_ts, message_count: sess.message_count };
         let seq = sess.seq;
         let deadline = sess.deadline;
         if opened {
@@ -295,10 +300,10 @@ impl Engine {
     /// The engine stays usable: a later message opens a new session (and a later command on a key whose
     /// session shutdown closed emits no second `SessionEnd`).
     pub fn shutdown(&mut self, at: Timestamp, out: &mut Vec<AnyEvent>) {
-        let t = self.set_clock(at);
+        let (t, t_ts) = self.set_clock(at);
         self.run_until(t, out);
         for slot in self.open_slots_in_order() {
-            self.close_slot(slot, CloseReason::Shutdown, t, out);
+            self.close_slot(slot, CloseReason::Shutdown, t, t_ts, out);
         }
         self.timers.clear();
     }
@@ -317,7 +322,7 @@ impl Engine {
 
     /// The engine's clock: the latest time it was given (UTC), `None` before the first.
     pub fn now(&self) -> Option<Timestamp> {
-        self.now.map(ts)
+        self.now.map(|(_, t)| t)
     }
 
     /// How many sessions are open.
@@ -351,20 +356,20 @@ impl Engine {
             + self.timers.allocated_bytes()
     }
 
-    /// Sets the clock to `at` unless it is already later; returns the clock in nanoseconds.
-    fn set_clock(&mut self, at: Timestamp) -> i128 {
+    /// Sets the clock to `at` unless it is already later; returns the clock.
+    fn set_clock(&mut self, at: Timestamp) -> (i128, Timestamp) {
         let t = at.as_nanosecond();
         match self.now {
-            Some(now) if now >= t => now,
+            Some(now) if now.0 >= t => now,
             Some(_) => {
-                self.now = Some(t);
-                t
+                self.now = Some((t, at));
+                (t, at)
             }
             None => {
-                self.now = Some(t);
+                self.now = Some((t, at));
                 // No session can be open before the first input, so resets up to now close nothing.
                 self.next_reset = self.policy.daily_reset.as_ref().and_then(|r| r.next_after_nanos(t));
-                t
+                (t, at)
             }
         }
     }
@@ -402,13 +407,14 @@ impl Engine {
                 self.timers.push(Timer { due, ..top });
                 continue;
             }
-            self.close_slot(top.slot, CloseReason::IdleExpiry, top.due, out);
+            self.close_slot(top.slot, CloseReason::IdleExpiry, top.due, ts(top.due), out);
         }
         let Some(r) = reset else { return };
+        let r_ts = ts(r);
         for slot in self.open_slots_in_order() {
             let idle = self.slots[slot as usize].as_ref().is_some_and(|s| s.deadline <= r);
             let reason = if idle { CloseReason::IdleExpiry } else { CloseReason::ScheduledReset };
-            self.close_slot(slot, reason, r, out);
+            self.close_slot(slot, reason, r, r_ts, out);
         }
         self.timers.clear();
         // Every session is closed now, so later resets up to `now` would close nothing: skip to the first
@@ -470,7 +476,7 @@ impl Engine {
         key: &SessionKey,
         hash: u64,
         user_id: &str,
-        t: i128,
+        (t, started_at): (i128, Timestamp),
         cause: StartCause,
         previous: Option<SessionId>,
         out: &mut Vec<AnyEvent>,
@@ -482,7 +488,6 @@ impl Engine {
             SessionIds::Random => SessionId::new_random(),
         };
         let user_id = CompactString::new(user_id);
-        let started_at = ts(t);
         out.push(AnyEvent::SessionStart(SessionStart::new(
             id,
             key.clone(),
@@ -521,14 +526,21 @@ impl Engine {
 
     /// Closes the session in `slot` at `at` with `reason` and emits its `SessionEnd`. The only place a
     /// session leaves the open state.
-    fn close_slot(&mut self, slot: u32, reason: CloseReason, at: i128, out: &mut Vec<AnyEvent>) -> Option<Closed> {
+    fn close_slot(
+        &mut self,
+        slot: u32,
+        reason: CloseReason,
+        at: i128,
+        ended_at: Timestamp,
+        out: &mut Vec<AnyEvent>,
+    ) -> Option<Closed> {
         let sess = self.slots.get_mut(slot as usize)?.take()?;
         let hash = self.hasher.hash_one(&sess.key);
         if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
             entry.remove();
         }
         self.free.push(slot);
-        let ended_at = ts(at);
+        debug_assert_eq!(ended_at.as_nanosecond(), at);
         let entries: Vec<TranscriptEntry> = sess.transcript.into();
         out.push(AnyEvent::SessionEnd(SessionEnd::new(
             sess.id,
