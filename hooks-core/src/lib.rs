@@ -47,7 +47,47 @@ pub mod store;
 pub use context::{HookContext, HookError, State};
 pub use registry::Event;
 
-/// Subscribes a function to an event: `#[hook(session_end)]`. See the crate docs and `docs/hooks.md`.
+/// Subscribes a function to an event: `#[hook(event, priority = N, timeout = "5s", name = "…", crate = path)]`.
+///
+/// ```
+/// use hooks_core::prelude::*;
+///
+/// #[hook(session_end, priority = -5, timeout = "2s")]
+/// async fn remember(ev: &SessionEnd, ctx: &HookContext) -> Result<(), HookError> {
+///     tracing::info!(hook = ctx.hook_name(), session = %ev.session_id, reason = %ev.reason, "session ended");
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// The function is registered at link time; [`registry::Registry::global`] lists it and the
+/// [`dispatch::Dispatcher`] calls it.
+///
+/// - **Event**: the snake_case name of one event of [`registry::EVENT_NAMES`] (`session_end` for
+///   [`SessionEnd`](event::SessionEnd)).
+/// - **Signature**: `async fn` or plain `fn`, taking `&Event` or `(&Event, &HookContext)`, returning `()`,
+///   `Result<(), E>` with `E: Into<HookError>`, or, for `command` only, a
+///   [`CommandDecision`](event::CommandDecision) (bare or in a `Result`). Lifetime parameters are fine;
+///   type or const generics, `impl Trait`, `self`, `unsafe`, `const` and `extern` functions are not. The
+///   future of an `async fn` must be `Send`.
+/// - **Options**: `priority` (an `i32` literal, default 0, ascending order), `timeout` (`"500ms"`,
+///   `"5s"`, `"2m"`, `"1h"`, `"1m30s"`; parsed at compile time; default: the dispatcher's),
+///   `name` (default: the function's name), `crate` (the path to hooks-core if it is renamed; `crate`
+///   inside hooks-core).
+///
+/// Every mistake is a compile error under the offending token, with the accepted signature:
+///
+/// ```compile_fail
+/// use hooks_core::prelude::*;
+///
+/// #[hook(sesion_end)] // error: unknown event `sesion_end` / help: did you mean `session_end`?
+/// async fn remember(ev: &SessionEnd) {}
+/// # fn main() {}
+/// ```
+///
+/// Hooks in another crate are linked only if the binary names that crate (`use plugin as _;`); check
+/// with [`registry::Registry::require`]. The guide, with every compile error explained, is
+/// `docs/hooks.md`.
 pub use hooks_macros::hook;
 
 /// `use hooks_core::prelude::*;` brings the `hook` attribute, every event type, [`CloseReason`],

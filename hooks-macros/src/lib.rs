@@ -1,10 +1,10 @@
 //! The `#[hook]` attribute of hooks-core. Depend on `hooks-core` and write `use hooks_core::prelude::*;`;
 //! `docs/hooks.md` is the guide.
 //!
-//! The macro runs in four steps, one module each: [`attr`] reads the arguments, [`valid`] checks the
+//! The macro runs in four steps, one module each: `attr` reads the arguments, `valid` checks the
 //! attribute and the function (every error spanned on the offending token) into the typed model of
-//! [`ast`], [`expand`] writes the registration, and [`fallback`] emits the user's function next to the
-//! errors when something is wrong. [`events`] is the macro's one copy of the event catalogue.
+//! `ast`, `expand` writes the registration, and `fallback` emits the user's function next to the
+//! errors when something is wrong. `events` is the macro's one copy of the event catalogue.
 
 use proc_macro::TokenStream;
 use quote::ToTokens;
@@ -16,9 +16,9 @@ mod expand;
 mod fallback;
 mod valid;
 
-/// Subscribes a function to an event: `#[hook(session_end, priority = -5, timeout = "2s")]`.
-///
-/// Use it through `hooks_core::hook` (or the prelude); see hooks-core's docs and `docs/hooks.md`.
+/// The attribute itself (this crate is an implementation detail of hooks-core: use `hooks_core::hook` or
+/// `hooks_core::prelude::*`, whose documentation describes signatures and options; `docs/hooks.md`
+/// explains every compile error).
 #[proc_macro_attribute]
 pub fn hook(args: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
