@@ -96,6 +96,25 @@ enum Failure {
     Timeout(Duration),
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Error(e) => write!(f, "error: {e}"),
+            Failure::Panic(m) => write!(f, "panicked: {m}"),
+            Failure::Timeout(d) => write!(f, "timed out after {d:?}"),
+        }
+    }
+}
+
+/// One handler's result in [`Dispatcher::deliver_any_detailed`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HandlerOutcome {
+    /// The hook's qualified name (`module::path::name`), stable across builds of the same code.
+    pub hook: String,
+    /// `None` if it succeeded, else what went wrong (`error: …`, `panicked: …`, `timed out after …`).
+    pub error: Option<String>,
+}
+
 /// The result of delivering one observer event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Delivery {
@@ -225,15 +244,60 @@ impl Dispatcher {
         let hooks = list.as_slice();
         let mut ctx = self.context(event, attempt);
         let failed = if list.all_sync() {
-            hooks.iter().enumerate().filter(|(i, hook)| self.call_sync(*i, hook, event, &mut ctx).is_none()).count()
+            hooks.iter().enumerate().filter(|(i, hook)| self.call_sync(*i, hook, event, &mut ctx).is_err()).count()
         } else {
             let calls = hooks.iter().enumerate().map(|(i, hook)| {
                 let mut ctx = ctx.clone();
                 async move { self.call(i, hook, event, &mut ctx).await }
             });
-            futures::future::join_all(calls).await.iter().filter(|r| r.is_none()).count()
+            futures::future::join_all(calls).await.iter().filter(|r| r.is_err()).count()
         };
         Delivery { handlers: hooks.len(), failed }
+    }
+
+    /// Delivers `event` as attempt `attempt` to every handler of its type except those named in `skip`
+    /// (qualified names: handlers that already handled it in an earlier attempt), and says how each
+    /// one did. An outbox uses this to record delivery per handler and to retry only the failures.
+    ///
+    /// A [`Command`] is delivered for observation, as in [`deliver_any`](Self::deliver_any), and
+    /// reported as one outcome for all its handlers (`skip` does not apply: decisions chain).
+    pub async fn deliver_any_detailed(&self, event: &AnyEvent, attempt: u32, skip: &[String]) -> Vec<HandlerOutcome> {
+        match event {
+            AnyEvent::GatewayStartup(e) => self.deliver_detailed(e, attempt, skip).await,
+            AnyEvent::GatewayShutdown(e) => self.deliver_detailed(e, attempt, skip).await,
+            AnyEvent::SessionStart(e) => self.deliver_detailed(e, attempt, skip).await,
+            AnyEvent::SessionEnd(e) => self.deliver_detailed(e, attempt, skip).await,
+            AnyEvent::MessageReceived(e) => self.deliver_detailed(e, attempt, skip).await,
+            AnyEvent::AgentTurnStart(e) => self.deliver_detailed(e, attempt, skip).await,
+            AnyEvent::AgentTurnEnd(e) => self.deliver_detailed(e, attempt, skip).await,
+            AnyEvent::Command(_) => {
+                let d = self.deliver_any(event).await;
+                let error = (d.failed > 0).then(|| format!("{} of {} command handlers failed", d.failed, d.handlers));
+                vec![HandlerOutcome { hook: "command".to_owned(), error }]
+            }
+        }
+    }
+
+    async fn deliver_detailed<E: Event<Output = ()>>(
+        &self,
+        event: &E,
+        attempt: u32,
+        skip: &[String],
+    ) -> Vec<HandlerOutcome> {
+        let ctx = self.context(event, attempt);
+        let calls = self.registry.hooks::<E>().iter().enumerate().filter_map(|(i, hook)| {
+            let name = hook.meta().qualified_name();
+            if skip.contains(&name) {
+                return None;
+            }
+            let mut ctx = ctx.clone();
+            Some(async move {
+                let error = self.call(i, hook, event, &mut ctx).await.err().map(|f| f.to_string());
+                HandlerOutcome { hook: name, error }
+            })
+        });
+        // Sync handlers run when polled, in registry order; async ones run concurrently, as in `deliver`.
+        futures::future::join_all(calls).await
     }
 
     /// Delivers an event of any kind. A [`Command`] is delivered for observation only: its handlers'
@@ -268,10 +332,10 @@ impl Dispatcher {
         let mut failed = 0;
         for (i, hook) in hooks.iter().enumerate() {
             match self.call(i, hook, &command, &mut ctx).await {
-                None => failed += 1,
-                Some(CommandDecision::Allow) => {}
-                Some(CommandDecision::Rewrite { text }) => command.text = text,
-                Some(CommandDecision::Deny { message }) => {
+                Err(_) => failed += 1,
+                Ok(CommandDecision::Allow) => {}
+                Ok(CommandDecision::Rewrite { text }) => command.text = text,
+                Ok(CommandDecision::Deny { message }) => {
                     return Verdict::Denied { command, hook: hook.meta().name(), message };
                 }
             }
@@ -321,8 +385,14 @@ impl Dispatcher {
         &self.counters[E::INDEX][index]
     }
 
-    /// Calls a plain `fn` handler; `None` if it failed (already reported).
-    fn call_sync<E: Event>(&self, index: usize, hook: &Hook<E>, event: &E, ctx: &mut HookContext) -> Option<E::Output> {
+    /// Calls a plain `fn` handler; `Err` if it failed (already reported).
+    fn call_sync<E: Event>(
+        &self,
+        index: usize,
+        hook: &Hook<E>,
+        event: &E,
+        ctx: &mut HookContext,
+    ) -> Result<E::Output, Failure> {
         let Handler::Sync(f) = hook.handler() else { unreachable!("call_sync on an async hook") };
         ctx.hook = hook.meta().name();
         ctx.timeout = self.timeout_of(hook);
@@ -346,14 +416,14 @@ impl Dispatcher {
         self.settle(hook, event, counters, result)
     }
 
-    /// Calls any handler; `None` if it failed (already reported).
+    /// Calls any handler; `Err` if it failed (already reported).
     async fn call<E: Event>(
         &self,
         index: usize,
         hook: &Hook<E>,
         event: &E,
         ctx: &mut HookContext,
-    ) -> Option<E::Output> {
+    ) -> Result<E::Output, Failure> {
         let f = match hook.handler() {
             Handler::Sync(_) => return self.call_sync(index, hook, event, ctx),
             Handler::Async(f) => f,
@@ -389,9 +459,9 @@ impl Dispatcher {
         event: &E,
         counters: &Counters,
         result: Result<E::Output, Failure>,
-    ) -> Option<E::Output> {
+    ) -> Result<E::Output, Failure> {
         let failure = match result {
-            Ok(out) => return Some(out),
+            Ok(out) => return Ok(out),
             Err(failure) => failure,
         };
         let meta = hook.meta();
@@ -411,7 +481,7 @@ impl Dispatcher {
                 tracing::error!(hook = meta.name(), module = meta.module_path(), event = E::NAME, session_id, %event_id, timeout = ?after, "hook timed out");
             }
         }
-        None
+        Err(failure)
     }
 }
 

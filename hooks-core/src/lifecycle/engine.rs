@@ -15,6 +15,9 @@ use crate::event::{
     AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart, StartCause, Transcript, TranscriptEntry,
 };
 
+// `Engine::restore`, kept apart so the engine proper reads as the replay contract.
+mod restore;
+
 /// How the engine makes session ids.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SessionIds {

@@ -36,6 +36,24 @@
 //! reaches every handler before its successor's `SessionStart`; events a gateway [emits](RuntimeHandle::emit)
 //! for a key are delivered in order with the key's session events.
 //!
+//! # Durability and recovery
+//!
+//! The lifecycle task takes every input that is waiting (up to [`RuntimeConfig::max_batch`]), runs
+//! it through the engine and records the result in the store with one [`Store::apply`]: with a
+//! transactional store that is one commit for the whole batch (group commit). A caller of
+//! [`RuntimeHandle::message`] hears back only after that commit, and events are queued for delivery
+//! only after it, so nothing is delivered that the store could forget.
+//!
+//! On start the task first asks the store what it kept ([`Store::recover`]): events recorded and not
+//! delivered are delivered again, with their ids and the next attempt number, before anything new; the
+//! sessions that were open go back into the engine ([`Engine::restore`]), and those that fell due
+//! while the gateway was down close at once with their real reason and due time, detected late.
+//!
+//! If the store fails (a full disk, a read-only file system), the batch is not recorded and nothing
+//! of it is delivered; the runtime stops taking input ([`RuntimeError::Store`]) because its engine
+//! no longer matches the store. [`RuntimeHandle::failed`] resolves then; restarting the process on
+//! the repaired store resumes from what was committed.
+//!
 //! # Shutdown
 //!
 //! [`Runtime::shutdown`] ends every open session (idle ones too) with `shutdown`, then waits up to the
@@ -46,6 +64,7 @@
 mod clock;
 mod delivery;
 mod dyn_store;
+mod failpoint;
 
 use std::fmt;
 use std::sync::Arc;
@@ -54,16 +73,57 @@ use std::time::Duration;
 
 use compact_str::CompactString;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use clock::{Clock, ManualClock, TokioClock};
-use delivery::{Deliveries, Queued};
+use delivery::{Deliveries, Queued, Retry};
 use dyn_store::DynStore;
 
 use crate::dispatch::Dispatcher;
 use crate::event::{AnyEvent, CloseReason, EventId, SessionId, SessionKey};
 use crate::lifecycle::{Engine, EngineStats, Policy, Routed, SessionIds};
-use crate::store::{CloseOutcome, OpenOutcome, OutboxSeq, RotateOutcome, Store};
+use crate::store::{CloseOutcome, OpenOutcome, OutboxSeq, RotateOutcome, RoutedMessage, Step, StepOutcome, Store};
+
+/// How the runtime batches and delivers.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct RuntimeConfig {
+    /// Delivery attempts per event before it becomes a dead letter (at least 1). Default: 1 (a failing
+    /// handler is reported and the event is not retried).
+    pub max_attempts: u32,
+    /// The pause before the second attempt; it doubles for each later one, up to 5 seconds.
+    /// Default: 100 ms.
+    pub retry_backoff: Duration,
+    /// The most inputs (messages, emitted events, timer firings) recorded in one store batch.
+    /// Default: 256.
+    pub max_batch: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { max_attempts: 1, retry_backoff: Duration::from_millis(100), max_batch: 256 }
+    }
+}
+
+impl RuntimeConfig {
+    /// The defaults with `max_attempts` delivery attempts per event.
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// The defaults with a first retry pause of `backoff`.
+    pub fn with_retry_backoff(mut self, backoff: Duration) -> Self {
+        self.retry_backoff = backoff;
+        self
+    }
+
+    /// The defaults with at most `max_batch` inputs per store batch.
+    pub fn with_max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
+    }
+}
 
 /// Why a runtime call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +135,10 @@ pub enum RuntimeError {
     /// `SessionStart` and `SessionEnd` are emitted by the lifecycle only; a gateway cannot emit them.
     #[error("{0} events are emitted by the session lifecycle only")]
     LifecycleEvent(&'static str),
+    /// The store failed to record a batch (the message was not recorded, nothing of the batch was
+    /// delivered) and the runtime no longer takes input. The text is the store's error.
+    #[error("the session store failed: {0}")]
+    Store(String),
 }
 
 /// A snapshot of the runtime's counters.
@@ -97,8 +161,15 @@ pub struct RuntimeMetrics {
     /// Session steps the store refused because another writer had already made them (another gateway
     /// instance on a shared store); those events were not delivered by this runtime.
     pub store_conflicts: u64,
-    /// Store operations that failed; those events were delivered without being recorded.
+    /// Store operations that failed. A refused step's event was delivered without being recorded; a
+    /// failed batch stops the runtime (see [`RuntimeError::Store`]).
     pub store_errors: u64,
+    /// Events in the dead-letter state: found in the store at start, plus those that gave up since.
+    pub dead_letters: u64,
+    /// Events re-delivered at start because the previous process stopped before delivering them.
+    pub redelivered: u64,
+    /// Sessions found open in the store at start and put back into the engine.
+    pub sessions_restored: u64,
 }
 
 impl RuntimeMetrics {
@@ -138,7 +209,12 @@ pub struct ShutdownReport {
 }
 
 enum Cmd {
-    Message { key: SessionKey, user_id: CompactString, text: String, reply: oneshot::Sender<Routed> },
+    Message {
+        key: SessionKey,
+        user_id: CompactString,
+        text: String,
+        reply: oneshot::Sender<Result<Routed, RuntimeError>>,
+    },
     Emit { key: SessionKey, event: AnyEvent },
     OpenSession { key: SessionKey, reply: oneshot::Sender<Option<SessionId>> },
     Shutdown { reply: oneshot::Sender<u64> },
@@ -152,6 +228,8 @@ struct Counters {
     messages: AtomicU64,
     store_conflicts: AtomicU64,
     store_errors: AtomicU64,
+    redelivered: AtomicU64,
+    restored: AtomicU64,
 }
 
 struct Shared {
@@ -159,6 +237,8 @@ struct Shared {
     deliveries: Arc<Deliveries>,
     store: Arc<dyn DynStore>,
     stopping: AtomicBool,
+    /// The store failure that stopped the runtime, once there is one.
+    failure: watch::Sender<Option<String>>,
 }
 
 /// A cheap, cloneable way to talk to a [`Runtime`] from any task or thread.
@@ -188,13 +268,32 @@ impl RuntimeHandle {
         user_id: impl AsRef<str>,
         text: impl Into<String>,
     ) -> Result<Routed, RuntimeError> {
+        if let Some(failure) = self.failure() {
+            return Err(RuntimeError::Store(failure));
+        }
         if self.shared.stopping.load(Ordering::SeqCst) {
             return Err(RuntimeError::ShuttingDown);
         }
         let (reply, rx) = oneshot::channel();
         let cmd = Cmd::Message { key, user_id: CompactString::new(user_id), text: text.into(), reply };
         self.tx.send(cmd).map_err(|_| RuntimeError::ShuttingDown)?;
-        rx.await.map_err(|_| RuntimeError::ShuttingDown)
+        rx.await.map_err(|_| RuntimeError::ShuttingDown)?
+    }
+
+    /// The store failure that stopped the runtime, if one did (see [`RuntimeError::Store`]).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.borrow().clone()
+    }
+
+    /// Resolves with the store's error once a store failure has stopped the runtime (never, if none
+    /// does): a gateway awaits it to stop serving and exit with the error.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.shared.failure.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(failure) => failure.clone().unwrap_or_default(),
+            // The sender lives in `Shared`, which this handle holds: it cannot be gone.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Queues a gateway event (`MessageReceived`, `AgentTurnStart`, …) for `key`: it is recorded and
@@ -238,6 +337,9 @@ impl RuntimeHandle {
             handler_failures: d.handler_failures.load(Ordering::Relaxed),
             store_conflicts: c.store_conflicts.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
+            dead_letters: d.dead_letters.load(Ordering::Relaxed),
+            redelivered: c.redelivered.load(Ordering::Relaxed),
+            sessions_restored: c.restored.load(Ordering::Relaxed),
         }
     }
 }
@@ -277,10 +379,35 @@ impl Runtime {
         dispatcher: Arc<Dispatcher>,
         clock: impl Clock,
     ) -> Self {
+        Self::start_with_config(policy, ids, store, dispatcher, clock, RuntimeConfig::default())
+    }
+
+    /// [`start_with_ids`](Self::start_with_ids) with delivery retries and batching set by `config`.
+    ///
+    /// Before it routes any message, the runtime recovers what `store` kept from an earlier process
+    /// (see the [module docs](self#durability-and-recovery)).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn start_with_config(
+        policy: Policy,
+        ids: SessionIds,
+        store: impl Store,
+        dispatcher: Arc<Dispatcher>,
+        clock: impl Clock,
+        config: RuntimeConfig,
+    ) -> Self {
         let store: Arc<dyn DynStore> = Arc::new(store);
-        let deliveries = Arc::new(Deliveries::new(dispatcher, Arc::clone(&store)));
-        let shared =
-            Arc::new(Shared { counters: Counters::default(), deliveries, store, stopping: AtomicBool::new(false) });
+        let retry = Retry { max_attempts: config.max_attempts.max(1), backoff: config.retry_backoff };
+        let deliveries = Arc::new(Deliveries::new(dispatcher, Arc::clone(&store), retry));
+        let shared = Arc::new(Shared {
+            counters: Counters::default(),
+            deliveries,
+            store,
+            stopping: AtomicBool::new(false),
+            failure: watch::Sender::new(None),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let actor = Actor {
             engine: Engine::new(policy, ids),
@@ -288,6 +415,11 @@ impl Runtime {
             rx,
             shared: Arc::clone(&shared),
             out: Vec::new(),
+            max_batch: config.max_batch.max(1),
+            steps: Vec::new(),
+            keys: Vec::new(),
+            replies: Vec::new(),
+            failed: false,
         };
         let task = tokio::spawn(actor.run());
         Self { handle: RuntimeHandle { tx, shared }, task }
@@ -346,6 +478,9 @@ impl Runtime {
     }
 }
 
+/// A reply to send once its batch is committed.
+type Reply = (oneshot::Sender<Result<Routed, RuntimeError>>, Routed);
+
 /// The lifecycle task: the only owner of the engine.
 struct Actor {
     engine: Engine,
@@ -354,12 +489,21 @@ struct Actor {
     shared: Arc<Shared>,
     /// Reused between inputs so routing allocates no event vector.
     out: Vec<AnyEvent>,
+    max_batch: usize,
+    /// The batch being built: store steps, the delivery key of each `Record` step, and the replies
+    /// that wait for the commit.
+    steps: Vec<Step>,
+    keys: Vec<Option<SessionKey>>,
+    replies: Vec<Reply>,
+    /// A store failure stopped the runtime: the engine no longer matches the store.
+    failed: bool,
 }
 
 impl Actor {
     async fn run(mut self) {
+        self.recover().await;
         loop {
-            let cmd = match self.engine.next_deadline() {
+            let cmd = match self.engine.next_deadline().filter(|_| !self.failed) {
                 Some(deadline) => {
                     let sleep = self.clock.sleep_until(deadline);
                     tokio::select! {
@@ -368,6 +512,7 @@ impl Actor {
                         () = sleep => {
                             let now = self.clock.now();
                             self.engine.advance(now, &mut self.out);
+                            self.stage_engine_output();
                             self.commit().await;
                             continue;
                         }
@@ -375,118 +520,255 @@ impl Actor {
                 }
                 None => self.rx.recv().await,
             };
-            match cmd {
-                Some(Cmd::Message { key, user_id, text, reply }) => {
-                    let now = self.clock.now();
-                    let routed = self.engine.message(&key, &user_id, &text, now, &mut self.out);
-                    self.commit().await;
-                    // The caller may have given up waiting; the message was routed all the same.
-                    let _ = reply.send(routed);
+            let Some(mut cmd) = cmd else {
+                // Every handle is gone without an explicit shutdown: still end every session.
+                self.shutdown().await;
+                return;
+            };
+            // Take everything already waiting (up to the batch size) into one store batch.
+            let mut taken = 0;
+            let shutdown = loop {
+                if let Cmd::Shutdown { reply } = cmd {
+                    break Some(reply);
                 }
-                Some(Cmd::Emit { key, event }) => {
-                    let seq = match self.shared.store.record(&event).await {
-                        Ok(seq) => Some(seq),
-                        Err(error) => {
-                            self.shared.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(%error, %key, event = event.name(), "could not record an event; delivering it unrecorded");
-                            None
-                        }
-                    };
-                    self.shared.deliveries.enqueue(&key, Queued { seq, event });
+                self.take(cmd);
+                taken += 1;
+                if taken >= self.max_batch {
+                    break None;
                 }
-                Some(Cmd::OpenSession { key, reply }) => {
-                    let _ = reply.send(self.engine.open_session(&key));
+                match self.rx.try_recv() {
+                    Ok(next) => cmd = next,
+                    Err(_) => break None,
                 }
-                Some(Cmd::Shutdown { reply }) => {
-                    let closed = self.shutdown().await;
-                    let _ = reply.send(closed);
-                    return;
-                }
-                None => {
-                    // Every handle is gone without an explicit shutdown: still end every session.
-                    self.shutdown().await;
-                    return;
-                }
+            };
+            self.commit().await;
+            if let Some(reply) = shutdown {
+                let closed = self.shutdown().await;
+                let _ = reply.send(closed);
+                return;
             }
         }
     }
 
+    /// Adds one input to the batch being built.
+    fn take(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Message { key, user_id, text, reply } => {
+                if self.failed {
+                    let _ = reply.send(Err(self.failure()));
+                    return;
+                }
+                let now = self.clock.now();
+                let routed = self.engine.message(&key, &user_id, &text, now, &mut self.out);
+                self.stage_engine_output();
+                let message = RoutedMessage { session_id: routed.session_id, at: routed.at, user_id, text };
+                self.steps.push(Step::Message(message));
+                self.keys.push(None);
+                self.replies.push((reply, routed));
+            }
+            Cmd::Emit { key, event } => {
+                if self.failed {
+                    tracing::warn!(%key, event = event.name(), "the store failed; dropping an emitted event");
+                    return;
+                }
+                self.steps.push(Step::Record(event));
+                self.keys.push(Some(key));
+            }
+            Cmd::OpenSession { key, reply } => {
+                let _ = reply.send(self.engine.open_session(&key));
+            }
+            Cmd::Shutdown { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn failure(&self) -> RuntimeError {
+        RuntimeError::Store(self.shared.failure.borrow().clone().unwrap_or_default())
+    }
+
+    /// Resumes from what the store kept: undelivered events first, then the open sessions (closing
+    /// those that fell due while the gateway was down).
+    async fn recover(&mut self) {
+        let recovery = match self.shared.store.recover().await {
+            Ok(recovery) => recovery,
+            Err(error) => {
+                self.fail(format!("recovering from the store: {error}"));
+                return;
+            }
+        };
+        let d = &self.shared.deliveries;
+        d.dead_letters.fetch_add(recovery.dead_letters, Ordering::Relaxed);
+        if recovery.dead_letters > 0 {
+            tracing::warn!(count = recovery.dead_letters, "the store holds dead letters (see `dead-letters list`)");
+        }
+        let redelivered = recovery.pending.len() as u64;
+        for pending in recovery.pending {
+            let event = pending.entry.event;
+            // Events without a key (gateway events) share one queue of their own.
+            let key = event.key().cloned().unwrap_or_else(|| SessionKey::chat("", ""));
+            let attempt = pending.attempts.saturating_add(1).max(2);
+            d.enqueue(&key, Queued { seq: Some(pending.entry.seq), event, attempt, skip: pending.done });
+        }
+        self.shared.counters.redelivered.store(redelivered, Ordering::Relaxed);
+        let now = self.clock.now();
+        let restored = self.engine.restore(recovery.sessions, now, &mut self.out) as u64;
+        self.shared.counters.restored.store(restored, Ordering::Relaxed);
+        if restored > 0 || redelivered > 0 {
+            tracing::info!(
+                sessions_restored = restored,
+                closed_late = self.out.len(),
+                events_redelivered = redelivered,
+                "recovered from the store"
+            );
+        }
+        self.stage_engine_output();
+        self.commit().await;
+    }
+
     async fn shutdown(&mut self) -> u64 {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        if self.failed {
+            // Nothing can be recorded: the sessions stay open in the store and the next start closes
+            // them (late) instead.
+            self.rx.close();
+            return 0;
+        }
         let before = self.engine.stats().closed(CloseReason::Shutdown);
         let now = self.clock.now();
         self.engine.shutdown(now, &mut self.out);
+        self.stage_engine_output();
         self.commit().await;
         self.rx.close();
         self.engine.stats().closed(CloseReason::Shutdown) - before
     }
 
-    /// Records the engine's output in the store, one atomic step per close (a close followed by its
-    /// successor's start is one rotate), and queues what was recorded for delivery.
-    async fn commit(&mut self) {
-        let out = std::mem::take(&mut self.out);
-        let mut events = out.into_iter().peekable();
+    /// Turns the engine's output into store steps: one atomic step per close (a close followed by its
+    /// successor's start is one rotate).
+    fn stage_engine_output(&mut self) {
+        let mut events = self.out.drain(..).peekable();
         while let Some(event) = events.next() {
             match event {
                 AnyEvent::SessionEnd(end) => {
                     let successor = matches!(events.peek(), Some(AnyEvent::SessionStart(s)) if s.previous_session_id == Some(end.session_id));
                     if successor {
                         let Some(AnyEvent::SessionStart(start)) = events.next() else { unreachable!("peeked") };
-                        match self.shared.store.rotate(&end, &start).await {
-                            Ok(RotateOutcome::Rotated { end: e, start: s }) => {
-                                self.deliver(Some(e), AnyEvent::SessionEnd(end));
-                                self.deliver(Some(s), AnyEvent::SessionStart(start));
-                            }
-                            Ok(RotateOutcome::Lost(lost)) => {
-                                self.conflict("rotate", lost.session_id, Some(lost.reason))
-                            }
-                            Err(error) => {
-                                self.store_error(&error, end.session_id);
-                                self.deliver(None, AnyEvent::SessionEnd(end));
-                                self.deliver(None, AnyEvent::SessionStart(start));
-                            }
-                        }
+                        self.steps.push(Step::Rotate(end, start));
                     } else {
-                        match self.shared.store.close_if_open(&end).await {
-                            Ok(CloseOutcome::Closed { end: seq }) => self.deliver(Some(seq), AnyEvent::SessionEnd(end)),
-                            Ok(CloseOutcome::Lost(lost)) => self.conflict("close", lost.session_id, Some(lost.reason)),
-                            Err(error) => {
-                                self.store_error(&error, end.session_id);
-                                self.deliver(None, AnyEvent::SessionEnd(end));
-                            }
-                        }
+                        self.steps.push(Step::Close(end));
                     }
                 }
-                AnyEvent::SessionStart(start) => match self.shared.store.open(&start).await {
-                    Ok(OpenOutcome::Opened { start: seq }) => self.deliver(Some(seq), AnyEvent::SessionStart(start)),
-                    Ok(OpenOutcome::KeyBusy { open }) => self.conflict("open", open, None),
-                    Err(error) => {
-                        self.store_error(&error, start.session_id);
-                        self.deliver(None, AnyEvent::SessionStart(start));
-                    }
-                },
+                AnyEvent::SessionStart(start) => self.steps.push(Step::Open(start)),
                 other => {
                     // The engine emits session events only.
                     debug_assert!(false, "unexpected engine output {}", other.name());
+                    continue;
                 }
             }
+            self.keys.push(None);
+        }
+    }
+
+    /// Records the batch in the store, then queues what was recorded for delivery and answers the
+    /// messages of the batch: nothing is delivered or acknowledged before it is committed.
+    async fn commit(&mut self) {
+        let steps = std::mem::take(&mut self.steps);
+        let keys = std::mem::take(&mut self.keys);
+        let replies = std::mem::take(&mut self.replies);
+        if !steps.is_empty() {
+            let outcomes = match self.shared.store.apply(steps.clone()).await {
+                Ok(outcomes) => outcomes,
+                Err(error) => {
+                    self.fail(error.to_string());
+                    for (reply, _) in replies {
+                        let _ = reply.send(Err(self.failure()));
+                    }
+                    self.publish();
+                    return;
+                }
+            };
+            failpoint::hit("after_commit_before_delivery");
+            for ((step, key), outcome) in steps.into_iter().zip(keys).zip(outcomes) {
+                self.settle(step, key, outcome);
+            }
+        }
+        for (reply, routed) in replies {
+            // The caller may have given up waiting; the message was routed all the same.
+            let _ = reply.send(Ok(routed));
         }
         self.publish();
     }
 
+    /// Queues a recorded step's events for delivery, or reports why the store refused it.
+    fn settle(
+        &self,
+        step: Step,
+        key: Option<SessionKey>,
+        outcome: Result<StepOutcome, crate::store::StoreError>,
+    ) {
+        match (step, outcome) {
+            (Step::Open(start), Ok(StepOutcome::Opened(OpenOutcome::Opened { start: seq }))) => {
+                self.deliver(Some(seq), AnyEvent::SessionStart(start));
+            }
+            (_, Ok(StepOutcome::Opened(OpenOutcome::KeyBusy { open }))) => self.conflict("open", open, None),
+            (Step::Close(end), Ok(StepOutcome::Closed(CloseOutcome::Closed { end: seq }))) => {
+                self.deliver(Some(seq), AnyEvent::SessionEnd(end));
+            }
+            (_, Ok(StepOutcome::Closed(CloseOutcome::Lost(lost)))) => {
+                self.conflict("close", lost.session_id, Some(lost.reason));
+            }
+            (Step::Rotate(end, start), Ok(StepOutcome::Rotated(RotateOutcome::Rotated { end: e, start: s }))) => {
+                self.deliver(Some(e), AnyEvent::SessionEnd(end));
+                self.deliver(Some(s), AnyEvent::SessionStart(start));
+            }
+            (_, Ok(StepOutcome::Rotated(RotateOutcome::Lost(lost)))) => {
+                self.conflict("rotate", lost.session_id, Some(lost.reason));
+            }
+            (Step::Record(event), Ok(StepOutcome::Recorded(seq))) => {
+                if let Some(key) = key {
+                    self.shared.deliveries.enqueue(&key, Queued::new(Some(seq), event));
+                }
+            }
+            (Step::Message(_), Ok(_)) => {}
+            (step, Err(error)) => {
+                self.shared.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "the store refused a step; delivering its events unrecorded");
+                match step {
+                    Step::Open(start) => self.deliver(None, AnyEvent::SessionStart(start)),
+                    Step::Close(end) => self.deliver(None, AnyEvent::SessionEnd(end)),
+                    Step::Rotate(end, start) => {
+                        self.deliver(None, AnyEvent::SessionEnd(end));
+                        self.deliver(None, AnyEvent::SessionStart(start));
+                    }
+                    Step::Record(event) => {
+                        if let Some(key) = key {
+                            self.shared.deliveries.enqueue(&key, Queued::new(None, event));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (step, Ok(outcome)) => {
+                debug_assert!(false, "outcome {outcome:?} does not match step {step:?}");
+            }
+        }
+    }
+
+    /// Stops taking input after a store failure.
+    fn fail(&mut self, error: String) {
+        self.failed = true;
+        self.shared.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        tracing::error!(%error, "the session store failed: the batch was not recorded; the runtime stops taking input");
+        self.shared.failure.send_replace(Some(error));
+    }
+
     fn deliver(&self, seq: Option<OutboxSeq>, event: AnyEvent) {
         let Some(key) = event.key().cloned() else { return };
-        self.shared.deliveries.enqueue(&key, Queued { seq, event });
+        self.shared.deliveries.enqueue(&key, Queued::new(seq, event));
     }
 
     fn conflict(&self, step: &str, session: SessionId, reason: Option<CloseReason>) {
         self.shared.counters.store_conflicts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(step, %session, reason = reason.map(CloseReason::as_str), "the store refused a session step another writer already made");
-    }
-
-    fn store_error(&self, error: &crate::store::StoreError, session: SessionId) {
-        self.shared.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(%error, %session, "could not record a session event; delivering it unrecorded");
     }
 
     fn publish(&self) {
@@ -500,3 +782,6 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod recovery_tests;
