@@ -45,6 +45,7 @@ pub trait ContextArg {
     fn from_context(ctx: &HookContext) -> &Self;
 }
 
+#[diagnostic::do_not_recommend]
 impl ContextArg for HookContext {
     fn from_context(ctx: &HookContext) -> &HookContext {
         ctx
