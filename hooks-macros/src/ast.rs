@@ -44,8 +44,8 @@ pub(crate) struct Timeout {
 pub(crate) struct HookSig {
     /// Whether it is an `async fn`.
     pub(crate) is_async: bool,
-    /// Where a non-`Send` future is reported: the `async` keyword through the function's name.
-    pub(crate) async_span: Span,
+    /// The function's name: where a non-`Send` future is reported.
+    pub(crate) name_span: Span,
     /// The type behind the first argument's `&`, as the user wrote it.
     pub(crate) event_ty: Type,
     /// The type behind the second argument's `&`, if there is a second argument.

@@ -3,7 +3,7 @@
 //! ```text
 //! #func
 //! const _: () = {
-//!     fn __hook_shim(ev, ctx) -> … { convert(name(ev-as-user-type, ctx-as-user-type)) }
+//!     fn __hook_shim(ev, ctx) -> … { into_output(name(ev as &UserEventType, ctx as &UserContextType)) }
 //!     ::hooks_core::__private::inventory::submit! { Hook::<SessionEnd>::new(HookMeta::new(…), Handler::…(__hook_shim)) }
 //! };
 //! ```
@@ -65,12 +65,11 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
         // Boxing the user's future (with the output conversion mapped on) into `BoxFuture`, which is
         // `Send`, is the one place a non-`Send` future is reported; the tokens of that coercion carry
         // the span of the function's name so that the error lands there.
-        let name_span = hook.sig.async_span;
-        let boxed = respan(quote!(#p::Box::pin), name_span);
-        let map = respan(quote!(#p::FutureExt::map), name_span);
+        let boxed = respan(quote!(#p::Box::pin), hook.sig.name_span);
+        let map = respan(quote!(#p::FutureExt::map), hook.sig.name_span);
         // A closure, not the bare `into_output` path: a wrong return type then fails once (at the return
         // type), not a second time as an unsatisfied `FnOnce` bound of `map`.
-        let call = quote_spanned! {name_span=> #boxed(#map(#name(#args), |out| #into_output(out))) };
+        let call = quote_spanned! {hook.sig.name_span=> #boxed(#map(#name(#args), |out| #into_output(out))) };
         let shim = quote! {
             #[allow(clippy::redundant_closure)]
             fn __hook_shim<'a>(ev: &'a #event_ty, ctx: &'a #p::HookContext) -> #p::BoxFuture<'a, #result> {

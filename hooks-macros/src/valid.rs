@@ -254,7 +254,10 @@ fn check_signature(func: &ItemFn, event: Option<&'static EventInfo>, errors: &mu
         ));
     }
     if let Some(variadic) = &sig.variadic {
-        fail(error(variadic.dots.spans[0], "a hook cannot be variadic: remove `...`", &note));
+        fail(syn::Error::new_spanned(
+            variadic.dots,
+            format!("a hook cannot be variadic: remove `...`\n= note: {note}"),
+        ));
     }
     for param in &sig.generics.params {
         match param {
@@ -347,7 +350,7 @@ fn check_signature(func: &ItemFn, event: Option<&'static EventInfo>, errors: &mu
     if failed {
         return None;
     }
-    Some(HookSig { is_async, async_span: sig.ident.span(), event_ty: event_ty?, ctx_ty, output })
+    Some(HookSig { is_async, name_span: sig.ident.span(), event_ty: event_ty?, ctx_ty, output })
 }
 
 fn receiver_error(r: &syn::Receiver, note: &str) -> syn::Error {
