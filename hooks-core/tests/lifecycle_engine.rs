@@ -355,21 +355,36 @@ fn transcript_keeps_the_most_recent_messages_up_to_the_limit() {
 
 #[test]
 fn next_deadline_follows_moved_deadlines_and_resets() {
-    let mut e = Engine::new(daily(12, 0), SessionIds::Random);
-    let mut out = Vec::new();
-    assert_eq!(e.next_deadline(), None);
+    let mut h = Harness::new(daily(12, 0));
+    assert_eq!(h.engine.next_deadline(), None);
     let k = key("a");
-    e.message(&k, "u", "hi", ts("2024-01-01T11:00:00Z"), &mut out);
-    assert_eq!(e.next_deadline(), Some(ts("2024-01-01T11:30:00Z")));
-    e.message(&k, "u", "hi", ts("2024-01-01T11:20:00Z"), &mut out);
-    assert_eq!(e.next_deadline(), Some(ts("2024-01-01T11:50:00Z")));
-    e.message(&k, "u", "hi", ts("2024-01-01T11:40:00Z"), &mut out);
-    assert_eq!(e.next_deadline(), Some(ts("2024-01-01T12:00:00Z")));
-    e.advance(ts("2024-01-01T12:00:00Z"), &mut out);
-    assert_eq!(e.next_deadline(), None);
-    assert_eq!(e.stats().closed(CloseReason::ScheduledReset), 1);
-    assert_eq!(e.stats().opened, 1);
-    assert_eq!(e.stats().messages, 3);
+    h.msg(&k, "u", "hi", ts("2024-01-01T11:00:00Z"));
+    assert_eq!(h.engine.next_deadline(), Some(ts("2024-01-01T11:30:00Z")));
+    h.msg(&k, "u", "hi", ts("2024-01-01T11:20:00Z"));
+    assert_eq!(h.engine.next_deadline(), Some(ts("2024-01-01T11:50:00Z")));
+    h.msg(&k, "u", "hi", ts("2024-01-01T11:40:00Z"));
+    assert_eq!(h.engine.next_deadline(), Some(ts("2024-01-01T12:00:00Z")));
+    h.advance(ts("2024-01-01T12:00:00Z"));
+    assert_eq!(h.engine.next_deadline(), None);
+    let stats = h.engine.stats();
+    assert_eq!((stats.closed(CloseReason::ScheduledReset), stats.opened, stats.messages), (1, 1, 3));
+    h.check();
+}
+
+#[test]
+fn random_ids_are_distinct_and_events_carry_stable_event_ids() {
+    let mut e = Engine::new(policy(), SessionIds::Random);
+    let mut out = Vec::new();
+    let k = key("a");
+    e.message(&k, "u", "hi", ts("2024-01-01T10:00:00Z"), &mut out);
+    e.message(&k, "u", "/new", ts("2024-01-01T10:01:00Z"), &mut out);
+    let (s1, s2) = (starts(&out)[0], starts(&out)[1]);
+    assert_ne!(s1.session_id, s2.session_id);
+    let end = ends(&out)[0];
+    use hooks_core::event::{EventId, SessionEventKind};
+    assert_eq!(end.event_id, EventId::for_session(s1.session_id, SessionEventKind::End));
+    assert_eq!(s1.event_id, EventId::for_session(s1.session_id, SessionEventKind::Start));
+    assert_eq!(end.detected_at, end.ended_at);
 }
 
 #[test]

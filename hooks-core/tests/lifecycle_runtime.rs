@@ -173,14 +173,19 @@ async fn a_slow_key_does_not_hold_up_other_keys() {
             "slow_end", slow_end,
         )));
     let rt = s.start(Policy::default());
-    rt.handle().message(key("slow"), "u", "hi").await.unwrap();
-    rt.handle().message(key("slow"), "u", "/new").await.unwrap(); // End takes 1 s to deliver
-    rt.handle().message(key("fast"), "u", "hi").await.unwrap();
+    let mut msgs = Vec::new();
+    for (chat, text) in [("slow", "hi"), ("slow", "/new"), ("fast", "hi")] {
+        // The slow key's End takes 1 s to deliver.
+        let r = rt.handle().message(key(chat), "u", text).await.unwrap();
+        msgs.push(RoutedMsg { key: key(chat), at: r.at, session_id: r.session_id });
+    }
     tokio::time::sleep(Duration::from_millis(10)).await;
     let got = s.events();
     assert!(starts(&got).iter().any(|st| st.key == key("fast")), "fast key waited for the slow one: {got:?}");
     assert!(ends(&got).is_empty());
-    rt.shutdown(Duration::from_secs(60)).await;
+    let report = rt.shutdown(Duration::from_secs(60)).await;
+    assert!(report.drained);
+    check_history(&s.events(), &msgs, &opts(&Policy::default()));
 }
 
 #[tokio::test(start_paused = true)]
@@ -350,9 +355,14 @@ async fn many_tasks_many_keys_concurrently() {
 async fn lifecycle_events_cannot_be_emitted_by_the_gateway() {
     let s = Setup::recording();
     let rt = s.start(Policy::default());
-    rt.handle().message(key("a"), "u", "hi").await.unwrap();
+    let r = rt.handle().message(key("a"), "u", "hi").await.unwrap();
     let report = rt.shutdown(Duration::from_secs(5)).await;
-    let _ = report;
+    assert!(report.drained);
+    check_history(
+        &s.events(),
+        &[RoutedMsg { key: key("a"), at: r.at, session_id: r.session_id }],
+        &opts(&Policy::default()),
+    );
     let end = ends(&s.events())[0].clone();
     let s2 = Setup::recording();
     let rt2 = s2.start(Policy::default());
