@@ -17,7 +17,7 @@ use crate::registry::Event;
 /// itself.
 #[diagnostic::on_unimplemented(
     message = "this hook's first argument must be `&{E}`, found `&{Self}`",
-    label = "expected `{E}` here: the attribute subscribes this hook to `{E}`",
+    label = "not the event named in `#[hook(...)]`",
     note = "expected: `fn name(ev: &{E})` or `fn name(ev: &{E}, ctx: &HookContext)` (`async fn` works too)",
     note = "to handle another event, change the event in `#[hook(...)]`"
 )]
