@@ -4,31 +4,35 @@
 
 use jiff::Timestamp;
 
+/// Whether byte `b` must be escaped inside a JSON string.
+const fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
 /// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
 pub fn push_str(buf: &mut Vec<u8>, s: &str) {
-    buf.push(b'"');
     let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x00..=0x1f => {
-                buf.extend_from_slice(&bytes[start..i]);
-                buf.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-                start = i + 1;
-                continue;
+    buf.reserve(bytes.len() + 2);
+    buf.push(b'"');
+    // Most ids and texts need no escape at all: find the first byte that does (a loop the compiler
+    // vectorizes) and copy everything before it in one go.
+    let mut rest = bytes;
+    while let Some(i) = rest.iter().position(|&b| needs_escape(b)) {
+        buf.extend_from_slice(&rest[..i]);
+        match rest[i] {
+            b'"' => buf.extend_from_slice(b"\\\""),
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            c => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 0xf)]]);
             }
-            _ => continue,
-        };
-        buf.extend_from_slice(&bytes[start..i]);
-        buf.extend_from_slice(escape);
-        start = i + 1;
+        }
+        rest = &rest[i + 1..];
     }
-    buf.extend_from_slice(&bytes[start..]);
+    buf.extend_from_slice(rest);
     buf.push(b'"');
 }
 
@@ -40,26 +44,57 @@ pub fn push_key(buf: &mut Vec<u8>, key: &str) {
 }
 
 /// Appends `ts` as a quoted RFC 3339 UTC timestamp with second precision, fractional seconds
-/// truncated: `"2020-01-02T03:04:05Z"`.
+/// truncated: `"2020-01-02T03:04:05Z"`. Years outside 0..=9999 (which RFC 3339 cannot write) are
+/// written with as many digits as they need.
 pub fn push_ts(buf: &mut Vec<u8>, ts: Timestamp) {
     let secs = ts.as_second();
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
     buf.push(b'"');
-    push_padded(buf, y, 4);
-    buf.push(b'-');
-    push_padded(buf, m, 2);
-    buf.push(b'-');
-    push_padded(buf, d, 2);
-    buf.push(b'T');
-    push_padded(buf, hh, 2);
-    buf.push(b':');
-    push_padded(buf, mm, 2);
-    buf.push(b':');
-    push_padded(buf, ss, 2);
-    buf.extend_from_slice(b"Z\"");
+    if (0..=9999).contains(&y) {
+        let y = y as u32;
+        push2(buf, y / 100);
+        push2(buf, y % 100);
+    } else {
+        push_padded(buf, y, 4);
+    }
+    let (m, d, rem) = (m as u32, d as u32, rem as u32);
+    buf.extend_from_slice(&[
+        b'-',
+        digit(m / 10),
+        digit(m % 10),
+        b'-',
+        digit(d / 10),
+        digit(d % 10),
+        b'T',
+        digit(rem / 36_000),
+        digit(rem / 3600 % 10),
+        b':',
+        digit(rem % 3600 / 600),
+        digit(rem % 3600 / 60 % 10),
+        b':',
+        digit(rem % 60 / 10),
+        digit(rem % 10),
+        b'Z',
+        b'"',
+    ]);
+}
+
+const fn digit(n: u32) -> u8 {
+    b'0' + n as u8
+}
+
+fn push2(buf: &mut Vec<u8>, n: u32) {
+    buf.extend_from_slice(&[digit(n / 10), digit(n % 10)]);
+}
+
+/// Appends an id's 36-byte hyphenated form (from `SessionId::hyphenated_bytes` or
+/// `EventId::hyphenated_bytes`), quoted.
+pub fn push_id(buf: &mut Vec<u8>, id: [u8; 36]) {
+    buf.push(b'"');
+    buf.extend_from_slice(&id);
+    buf.push(b'"');
 }
 
 /// Appends an unsigned integer in decimal.
@@ -141,6 +176,14 @@ mod tests {
             let back: String = serde_json::from_slice(&buf).unwrap();
             assert_eq!(back, s);
         }
+    }
+
+    #[test]
+    fn ids_are_quoted_hyphenated_lower_case() {
+        let id = hooks_core::event::SessionId::from_u128(0xABCD_EF01_2345_6789_ABCD_EF01_2345_6789);
+        let mut buf = Vec::new();
+        push_id(&mut buf, id.hyphenated_bytes());
+        assert_eq!(String::from_utf8(buf).unwrap(), format!("\"{id}\""));
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! What a handler gets besides its event ([`HookContext`]), and how it reports failure ([`HookError`]).
 
 use std::any::{Any, TypeId, type_name};
-use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
@@ -81,9 +80,12 @@ impl HookContext {
 ///
 /// Hooks are free functions registered at link time, so this is how they reach the gateway's
 /// configuration, connections or output files.
+///
+/// A handful of values is typical, so they live in a small vector searched by `TypeId`: cheaper per
+/// hook call than hashing.
 #[derive(Default)]
 pub struct State {
-    values: HashMap<TypeId, (Box<dyn Any + Send + Sync>, &'static str)>,
+    values: Vec<(TypeId, Box<dyn Any + Send + Sync>, &'static str)>,
 }
 
 impl State {
@@ -94,7 +96,9 @@ impl State {
 
     /// Puts `value` in, replacing any earlier value of the same type.
     pub fn insert<T: Any + Send + Sync>(&mut self, value: T) -> &mut Self {
-        self.values.insert(TypeId::of::<T>(), (Box::new(value), type_name::<T>()));
+        let id = TypeId::of::<T>();
+        self.values.retain(|(t, _, _)| *t != id);
+        self.values.push((id, Box::new(value), type_name::<T>()));
         self
     }
 
@@ -107,13 +111,14 @@ impl State {
 
     /// The value of type `T`, if one was put in.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.values.get(&TypeId::of::<T>()).and_then(|(v, _)| v.downcast_ref::<T>())
+        let id = TypeId::of::<T>();
+        self.values.iter().find(|(t, _, _)| *t == id).and_then(|(_, v, _)| v.downcast_ref::<T>())
     }
 }
 
 impl fmt::Debug for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.values.values().map(|(_, name)| name)).finish()
+        f.debug_set().entries(self.values.iter().map(|(_, _, name)| name)).finish()
     }
 }
 

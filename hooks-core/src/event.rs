@@ -54,6 +54,16 @@ impl SessionId {
     }
 }
 
+impl SessionId {
+    /// The hyphenated lower-case form (36 ASCII bytes), written without allocating or going through
+    /// `fmt`: for hot paths that serialize many ids.
+    pub fn hyphenated_bytes(&self) -> [u8; 36] {
+        let mut out = [0u8; 36];
+        self.0.hyphenated().encode_lower(&mut out);
+        out
+    }
+}
+
 impl From<Uuid> for SessionId {
     fn from(id: Uuid) -> Self {
         Self(id)
@@ -114,6 +124,16 @@ impl EventId {
     /// The id as a UUID.
     pub const fn as_uuid(&self) -> &Uuid {
         &self.0
+    }
+}
+
+impl EventId {
+    /// The hyphenated lower-case form (36 ASCII bytes), written without allocating or going through
+    /// `fmt`: for hot paths that serialize many ids.
+    pub fn hyphenated_bytes(&self) -> [u8; 36] {
+        let mut out = [0u8; 36];
+        self.0.hyphenated().encode_lower(&mut out);
+        out
     }
 }
 

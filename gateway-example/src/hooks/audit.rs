@@ -17,10 +17,10 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
-use hooks_core::event::{SessionKey, TurnOutcome};
+use hooks_core::event::{EventId, SessionId, SessionKey, TurnOutcome};
 use hooks_core::prelude::*;
 
-use crate::jsonl::{push_key, push_str, push_ts, push_u64};
+use crate::jsonl::{push_id, push_key, push_str, push_ts, push_u64};
 
 /// Which events the audit hook writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -128,17 +128,11 @@ impl AuditLog {
     }
 }
 
-fn head(buf: &mut Vec<u8>, event: &str, event_id: impl std::fmt::Display) {
+fn head(buf: &mut Vec<u8>, event: &str, event_id: EventId) {
     buf.extend_from_slice(b"{\"event\":\"");
     buf.extend_from_slice(event.as_bytes());
-    buf.extend_from_slice(b"\",\"event_id\":\"");
-    write_display(buf, event_id);
-    buf.push(b'"');
-}
-
-fn write_display(buf: &mut Vec<u8>, value: impl std::fmt::Display) {
-    // Ids are hyphenated UUIDs: no escaping needed.
-    let _ = write!(buf, "{value}");
+    buf.extend_from_slice(b"\",\"event_id\":");
+    push_id(buf, event_id.hyphenated_bytes());
 }
 
 fn field_ts(buf: &mut Vec<u8>, key: &str, ts: jiff::Timestamp) {
@@ -153,15 +147,11 @@ fn field_str(buf: &mut Vec<u8>, key: &str, value: &str) {
     push_str(buf, value);
 }
 
-fn field_id(buf: &mut Vec<u8>, key: &str, id: Option<impl std::fmt::Display>) {
+fn field_id(buf: &mut Vec<u8>, key: &str, id: Option<SessionId>) {
     buf.push(b',');
     push_key(buf, key);
     match id {
-        Some(id) => {
-            buf.push(b'"');
-            write_display(buf, id);
-            buf.push(b'"');
-        }
+        Some(id) => push_id(buf, id.hyphenated_bytes()),
         None => buf.extend_from_slice(b"null"),
     }
 }
