@@ -182,13 +182,13 @@ struct RawLine<'a> {
     #[serde(default, borrow)]
     platform: Lenient<Cow<'a, str>>,
     #[serde(default, borrow)]
-    message: Lenient<RawMessage<'a>>,
+    message: Lenient<Box<RawMessage<'a>>>,
     #[serde(default, borrow)]
-    edited_message: Lenient<RawMessage<'a>>,
+    edited_message: Lenient<Box<RawMessage<'a>>>,
     #[serde(default, borrow)]
-    channel_post: Lenient<RawMessage<'a>>,
+    channel_post: Lenient<Box<RawMessage<'a>>>,
     #[serde(default, borrow)]
-    edited_channel_post: Lenient<RawMessage<'a>>,
+    edited_channel_post: Lenient<Box<RawMessage<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -252,9 +252,11 @@ impl LenientKind<'_> for i64 {
     }
 }
 
-impl<'de: 'a, 'a> LenientKind<'de> for RawMessage<'a> {
+// Boxed: a chat record has none of the four message fields, and an inline `RawMessage` would make
+// every line's `RawLine` several times larger to move around.
+impl<'de: 'a, 'a> LenientKind<'de> for Box<RawMessage<'a>> {
     fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        RawMessage::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        RawMessage::deserialize(de::value::MapAccessDeserializer::new(map)).map(|m| Some(Box::new(m)))
     }
 }
 

@@ -9,6 +9,19 @@ const fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
+/// The index of the first byte that needs an escape. Whole 16-byte chunks are tested without an
+/// early exit, which compiles to SIMD compares; only the chunk that has one is searched byte by byte.
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    for chunk in bytes.chunks_exact(16) {
+        if chunk.iter().fold(false, |any, &b| any | needs_escape(b)) {
+            break;
+        }
+        start += 16;
+    }
+    bytes[start..].iter().position(|&b| needs_escape(b)).map(|i| start + i)
+}
+
 /// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
 pub fn push_str(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
@@ -17,7 +30,7 @@ pub fn push_str(buf: &mut Vec<u8>, s: &str) {
     // Most ids and texts need no escape at all: find the first byte that does (a loop the compiler
     // vectorizes) and copy everything before it in one go.
     let mut rest = bytes;
-    while let Some(i) = rest.iter().position(|&b| needs_escape(b)) {
+    while let Some(i) = first_escape(rest) {
         buf.extend_from_slice(&rest[..i]);
         match rest[i] {
             b'"' => buf.extend_from_slice(b"\\\""),
@@ -170,7 +183,8 @@ mod tests {
 
     #[test]
     fn strings_escape_like_serde_json() {
-        for s in ["plain", "quote\"back\\slash", "ctl\u{1}\u{1f}\n\r\t", "ünï €", ""] {
+        let long = format!("{}\"{}\n{}", "a".repeat(37), "b".repeat(16), "ü".repeat(20));
+        for s in ["plain", "quote\"back\\slash", "ctl\u{1}\u{1f}\n\r\t", "ünï €", "", "exactly sixteen!", &long] {
             let mut buf = Vec::new();
             push_str(&mut buf, s);
             let back: String = serde_json::from_slice(&buf).unwrap();

@@ -13,7 +13,7 @@
 //! readers of the contract skip. Message texts are not written, only their length in characters.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -40,13 +40,28 @@ pub struct AuditLog {
     sink: Mutex<Sink>,
 }
 
+/// Lines are formatted straight into `buf`, which goes to the file when it passes [`FLUSH_AT`] bytes
+/// (or after every line with `flush_each`): one copy per line, from `buf` to the kernel.
 #[derive(Debug)]
 struct Sink {
-    out: BufWriter<File>,
-    line: Vec<u8>,
+    file: File,
+    buf: Vec<u8>,
     lines: u64,
     flush_each: bool,
     error: Option<String>,
+}
+
+const FLUSH_AT: usize = 1 << 16;
+
+impl Sink {
+    fn flush(&mut self) -> io::Result<()> {
+        let result = self.file.write_all(&self.buf);
+        self.buf.clear();
+        if let Err(e) = &result {
+            self.error.get_or_insert_with(|| e.to_string());
+        }
+        result
+    }
 }
 
 impl AuditLog {
@@ -70,13 +85,7 @@ impl AuditLog {
     }
 
     fn new(file: File, level: AuditLevel, flush_each: bool) -> Self {
-        let sink = Sink {
-            out: BufWriter::with_capacity(1 << 16, file),
-            line: Vec::with_capacity(256),
-            lines: 0,
-            flush_each,
-            error: None,
-        };
+        let sink = Sink { file, buf: Vec::with_capacity(FLUSH_AT + 4096), lines: 0, flush_each, error: None };
         Self { level, sink: Mutex::new(sink) }
     }
 
@@ -92,15 +101,17 @@ impl AuditLog {
     /// The first write error of any earlier line (so a lost line is never silent), or the flush's own.
     pub fn finish(&self) -> io::Result<u64> {
         let mut sink = self.lock();
+        let flushed = sink.flush();
         if let Some(e) = sink.error.take() {
             return Err(io::Error::other(format!("writing the events file failed: {e}")));
         }
-        sink.out.flush()?;
+        flushed?;
         Ok(sink.lines)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sink> {
-        // A panic while holding the lock leaves at worst a partial line buffer, which `write` clears.
+        // The lock is held only while appending bytes to the buffer and writing it out, which do not
+        // panic; a poisoned lock therefore guards a consistent buffer.
         self.sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -109,22 +120,13 @@ impl AuditLog {
             return Ok(());
         }
         let mut sink = self.lock();
-        let sink = &mut *sink;
-        sink.line.clear();
-        fill(&mut sink.line);
-        sink.line.extend_from_slice(b"}\n");
-        let result =
-            sink.out.write_all(&sink.line).and_then(|()| if sink.flush_each { sink.out.flush() } else { Ok(()) });
-        match result {
-            Ok(()) => {
-                sink.lines += 1;
-                Ok(())
-            }
-            Err(e) => {
-                sink.error.get_or_insert_with(|| e.to_string());
-                Err(e.into())
-            }
+        fill(&mut sink.buf);
+        sink.buf.extend_from_slice(b"}\n");
+        sink.lines += 1;
+        if sink.flush_each || sink.buf.len() >= FLUSH_AT {
+            sink.flush()?;
         }
+        Ok(())
     }
 }
 
