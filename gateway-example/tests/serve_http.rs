@@ -76,7 +76,7 @@ impl Gateway {
     }
 
     /// SIGTERM, wait for exit, return (success, stderr rest, events).
-    fn stop(mut self) -> (bool, String, Vec<Value>) {
+    fn stop(&mut self) -> (bool, String, Vec<Value>) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let status = self.child.wait().unwrap();
@@ -88,6 +88,14 @@ impl Gateway {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         (status.success(), rest, events)
+    }
+}
+
+impl Drop for Gateway {
+    /// A failed assertion must not leave the server running (it would hold the test's pipes open).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -106,14 +114,16 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn telegram_update_round_trip_with_secret() {
-    let gw = Gateway::start(&["--telegram-secret", "s3cret"]);
+    let mut gw = Gateway::start(&["--telegram-secret", "s3cret"]);
     let update = json!({"update_id": 10, "message": {"message_id": 1, "date": 1, "chat": {"id": -42}, "from": {"id": 7}, "text": "hi there"}});
     let (status, answer) = gw.post_json("/telegram/webhook", &update, &[("X-Telegram-Bot-Api-Secret-Token", "s3cret")]);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["method"], "sendMessage");
     assert_eq!(answer["chat_id"], -42);
+    // The welcome is queued by the memory plugin's session_start hook, which runs after routing without
+    // holding up the reply: it comes with this reply or, if its delivery is not done yet, a later one.
     let text = answer["text"].as_str().unwrap();
-    assert!(text.starts_with("Hi! I am the example gateway") && text.ends_with("echo: hi there"), "{text}");
+    assert!(text.ends_with("echo: hi there"), "{text}");
 
     let (status, answer) = gw.post_json("/telegram/webhook", &update, &[("X-Telegram-Bot-Api-Secret-Token", "wrong")]);
     assert_eq!(status, 401);
@@ -139,7 +149,7 @@ fn telegram_update_round_trip_with_secret() {
 
 #[test]
 fn new_over_http_rotates_the_session_and_bad_requests_get_json_errors() {
-    let gw = Gateway::start(&["--body-limit", "4096"]);
+    let mut gw = Gateway::start(&["--body-limit", "4096"]);
     let msg = |text: &str| json!({"chat_id": "room", "user_id": "ann", "text": text});
     let (status, first) = gw.post_json("/v1/messages", &msg("hello"), &[]);
     assert_eq!(status, 200);
@@ -188,7 +198,7 @@ fn new_over_http_rotates_the_session_and_bad_requests_get_json_errors() {
 
 #[test]
 fn sigterm_ends_every_open_session_before_exit() {
-    let gw = Gateway::start(&[]);
+    let mut gw = Gateway::start(&[]);
     let mut sessions = Vec::new();
     for chat in ["a", "b", "c"] {
         let (status, answer) = gw.post_json(
