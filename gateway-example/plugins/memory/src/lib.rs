@@ -104,3 +104,59 @@ fn speakers(transcript: &Transcript, s: &mut String) {
     let list: Vec<String> = by_count.iter().take(5).map(|(u, n)| format!("{u} ({n})")).collect();
     let _ = writeln!(s, "- speakers: {}", list.join(", "));
 }
+
+#[cfg(test)]
+mod tests {
+    use hooks_core::State;
+    use hooks_core::dispatch::{DispatchConfig, Dispatcher};
+    use hooks_core::event::{AnyEvent, SessionKey};
+    use hooks_core::lifecycle::{Engine, Policy, SessionIds};
+    use hooks_core::registry::Registry;
+
+    use super::*;
+
+    /// Real session events, made by the lifecycle engine (nobody else can make them).
+    fn one_session() -> (Vec<AnyEvent>, SessionId) {
+        let mut engine = Engine::new(Policy::default(), SessionIds::Sequential);
+        let mut out = Vec::new();
+        let key = SessionKey::chat("web", "room");
+        let t0: jiff::Timestamp = "2020-01-01T00:00:00Z".parse().unwrap();
+        let routed = engine.message(&key, "ann", "hello", t0, &mut out);
+        for (i, text) in ["how are you", "fine", "bye"].into_iter().enumerate() {
+            let at = t0 + jiff::SignedDuration::from_secs(60 * (i as i64 + 1));
+            engine.message(&key, if i % 2 == 0 { "bob" } else { "ann" }, text, at, &mut out);
+        }
+        engine.shutdown(t0 + jiff::SignedDuration::from_secs(600), &mut out);
+        (out, routed.session_id)
+    }
+
+    #[tokio::test]
+    async fn welcome_is_queued_on_start_and_remember_writes_the_summary_on_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::new().with(Greeter::new("hello!")).with(MemoryDir(dir.path().to_owned()));
+        let dispatcher = Dispatcher::with_config(Registry::from_inventory(), state, DispatchConfig::default());
+        let (events, sid) = one_session();
+        let greeter = || dispatcher.state().get::<Greeter>().unwrap();
+
+        dispatcher.deliver_any(&events[0]).await;
+        assert_eq!(greeter().take(sid).as_deref(), Some("hello!"));
+        assert_eq!(greeter().take(sid), None, "a welcome is shown once");
+
+        let end = events.iter().find(|e| matches!(e, AnyEvent::SessionEnd(_))).unwrap();
+        let report = dispatcher.deliver_any(end).await;
+        assert_eq!(report.failed, 0);
+        let text = std::fs::read_to_string(dir.path().join(format!("{sid}.md"))).unwrap();
+        assert!(text.contains("- messages: 4"), "{text}");
+        assert!(text.contains("- ended: 2020-01-01T00:10:00Z (shutdown)"), "{text}");
+        assert!(text.contains("- speakers: ann (2), bob (2)"), "{text}");
+        assert!(text.contains("bob: how are you"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn without_state_the_hooks_do_nothing_and_do_not_fail() {
+        let dispatcher = Dispatcher::new(Registry::from_inventory());
+        for ev in one_session().0 {
+            assert_eq!(dispatcher.deliver_any(&ev).await.failed, 0);
+        }
+    }
+}
