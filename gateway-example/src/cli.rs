@@ -55,6 +55,15 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         summary_json: Option<PathBuf>,
 
+        /// Where sessions live: `memory` (default) or `sqlite:PATH`, a new database that records every
+        /// session and event, committed in batches of --batch records and delivered after each commit.
+        #[arg(long, value_name = "STORE", default_value = "memory")]
+        store: crate::durable::StoreSpec,
+
+        /// Records per transaction with --store sqlite:PATH (group commit).
+        #[arg(long, value_name = "N", default_value_t = 512)]
+        batch: usize,
+
         #[command(flatten)]
         session: SessionArgs,
     },
@@ -90,6 +99,20 @@ enum Cmd {
         #[arg(long, value_name = "DUR", value_parser = crate::config::parse_duration)]
         drain_timeout: Option<std::time::Duration>,
 
+        /// Where sessions live: `sqlite:PATH` (durable) or `memory` (lost on exit)
+        /// [default: sqlite:DATA_DIR/sessions.sqlite3].
+        #[arg(long, value_name = "STORE")]
+        store: Option<crate::durable::StoreSpec>,
+
+        /// SQLite durability: `full` flushes every commit to disk before replying; `normal` survives a
+        /// process crash but may lose the last commits on power loss [default: full].
+        #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::durable::SyncArg::Full)]
+        synchronous: crate::durable::SyncArg,
+
+        /// Delivery attempts per event before it becomes a dead letter (see `dead-letters`).
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        max_attempts: u32,
+
         /// The welcome the memory plugin queues for each new session.
         #[arg(long, value_name = "TEXT", default_value = "Hi! I am the example gateway; /help lists the commands.")]
         welcome: String,
@@ -109,12 +132,59 @@ enum Cmd {
         first_update_id: i64,
     },
 
+    /// Events whose handlers kept failing (the dead-letter state of the session database).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+
     /// List every hook linked into this binary: event, name, module, file:line, priority, timeout.
     Hooks {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLetterAction {
+    /// List the dead letters: outbox position, event, event id, attempts, key, last errors.
+    List {
+        /// The data directory whose DIR/sessions.sqlite3 to read [default: gateway-data].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+
+        /// The database file (instead of the one in --data-dir).
+        #[arg(long, value_name = "sqlite:PATH")]
+        store: Option<crate::durable::StoreSpec>,
+
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead letters for delivery again (all, or the given outbox positions); a gateway delivers
+    /// them when it next starts on the database.
+    Retry {
+        /// Outbox positions (the `seq` column of `list`); none: every dead letter.
+        seq: Vec<u64>,
+
+        /// The data directory whose DIR/sessions.sqlite3 to change [default: gateway-data].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+
+        /// The database file (instead of the one in --data-dir).
+        #[arg(long, value_name = "sqlite:PATH")]
+        store: Option<crate::durable::StoreSpec>,
+    },
+}
+
+/// The database a `dead-letters` command works on.
+fn dead_letter_db(data_dir: Option<PathBuf>, store: Option<crate::durable::StoreSpec>) -> Result<PathBuf> {
+    match store {
+        Some(crate::durable::StoreSpec::Sqlite(path)) => Ok(path),
+        Some(crate::durable::StoreSpec::Memory) => anyhow::bail!("an in-memory store keeps no dead letters"),
+        None => Ok(data_dir.unwrap_or_else(|| PathBuf::from("gateway-data")).join(crate::durable::DB_FILE)),
+    }
 }
 
 /// Parses the command line, runs the command, and turns an error into a message and exit code 1.
@@ -143,7 +213,30 @@ fn run(cli: Cli) -> Result<()> {
 
     match cli.command {
         Cmd::Hooks { json } => print_hooks(registry, json),
-        Cmd::Serve { listen, data_dir, events_out, telegram_secret, body_limit, drain_timeout, welcome, session } => {
+        Cmd::DeadLetters { action } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            match action {
+                DeadLetterAction::List { data_dir, store, json } => {
+                    rt.block_on(crate::durable::list_dead_letters(&dead_letter_db(data_dir, store)?, json))
+                }
+                DeadLetterAction::Retry { seq, data_dir, store } => {
+                    rt.block_on(crate::durable::retry_dead_letters(&dead_letter_db(data_dir, store)?, seq))
+                }
+            }
+        }
+        Cmd::Serve {
+            listen,
+            data_dir,
+            events_out,
+            telegram_secret,
+            body_limit,
+            drain_timeout,
+            store,
+            synchronous,
+            max_attempts,
+            welcome,
+            session,
+        } => {
             let (settings, file) = session.resolve()?;
             let data_dir = data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("gateway-data"));
             std::fs::create_dir_all(&data_dir)
@@ -175,6 +268,10 @@ fn run(cli: Cli) -> Result<()> {
                 telegram_secret: telegram_secret.or(file.telegram_secret),
                 body_limit: body_limit.or(file.body_limit).unwrap_or(1 << 20),
                 drain_timeout,
+                store: store
+                    .unwrap_or_else(|| crate::durable::StoreSpec::Sqlite(data_dir.join(crate::durable::DB_FILE))),
+                synchronous: synchronous.into(),
+                max_attempts: max_attempts.max(1),
                 data_dir,
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -205,7 +302,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{written} updates written, {skipped} lines skipped");
             Ok(())
         }
-        Cmd::Replay { input, events_out, strict, no_progress, summary_json, session } => {
+        Cmd::Replay { input, events_out, strict, no_progress, summary_json, store, batch, session } => {
             let (settings, file) = session.resolve()?;
             let events_out = events_out
                 .or(file.events_out)
@@ -218,7 +315,11 @@ fn run(cli: Cli) -> Result<()> {
             let state = hook_state(&settings, Arc::clone(&audit))?;
             let dispatcher =
                 Arc::new(Dispatcher::with_config(Registry::from_inventory(), state, DispatchConfig::default()));
-            let options = replay::ReplayOptions { input, strict, progress: !no_progress, max_reported: 100 };
+            let store = match store {
+                crate::durable::StoreSpec::Memory => None,
+                crate::durable::StoreSpec::Sqlite(path) => Some((path, batch.max(1))),
+            };
+            let options = replay::ReplayOptions { input, strict, progress: !no_progress, max_reported: 100, store };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let mut summary = rt.block_on(replay::run(&options, &settings, dispatcher))?;
             summary.events_written = audit.finish().context("finishing the events file")?;

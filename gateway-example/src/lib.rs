@@ -17,6 +17,7 @@ use gateway_plugin_memory as _;
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod durable;
 pub mod hooks;
 pub mod input;
 pub mod jsonl;

@@ -16,10 +16,12 @@ use anyhow::{Context, Result, bail};
 use hooks_core::dispatch::{Dispatcher, Verdict};
 use hooks_core::event::{AnyEvent, Command, EventId, GatewayShutdown, GatewayStartup, MessageReceived};
 use hooks_core::lifecycle::{Engine, SessionIds};
+use hooks_core::store::{RoutedMessage, SqliteOptions, Step};
 use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::durable::{DurableReplay, open_sqlite};
 use crate::hooks::metrics::{Metrics, MetricsSnapshot};
 use crate::input::{Line, LineError, parse_line};
 
@@ -34,6 +36,9 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// At most this many bad lines are reported one by one on stderr; the rest only counted.
     pub max_reported: u64,
+    /// Record sessions and events in this SQLite database (a new one), committing every this many
+    /// records, and deliver each batch after its commit; `None`: the in-memory engine path.
+    pub store: Option<(std::path::PathBuf, usize)>,
 }
 
 /// What a replay did: printed at the end, and written as JSON with `--summary-json`.
@@ -116,12 +121,26 @@ struct Replayer<'a> {
     clock: Option<Timestamp>,
     started: bool,
     summary: Summary,
+    durable: Option<DurableReplay>,
 }
 
 impl Replayer<'_> {
     async fn deliver_pending(&mut self) {
+        if let Some(d) = &mut self.durable {
+            // Delivered after the batch commits, in the same order.
+            d.stage_engine_output(&mut self.out);
+            return;
+        }
         for event in self.out.drain(..) {
             self.dispatcher.deliver_any(&event).await;
+        }
+    }
+
+    /// Commits and delivers the staged batch (durable path only).
+    async fn flush(&mut self) -> Result<()> {
+        match &mut self.durable {
+            Some(d) => d.flush(self.dispatcher).await,
+            None => Ok(()),
         }
     }
 
@@ -134,7 +153,7 @@ impl Replayer<'_> {
         }
     }
 
-    async fn route(&mut self, line_no: u64, rec: crate::input::Record<'_>) {
+    async fn route(&mut self, line_no: u64, rec: crate::input::Record<'_>) -> Result<()> {
         // The replay clock never moves back: an older record is processed at the clock's time.
         let at = match self.clock {
             Some(clock) if rec.ts < clock => clock,
@@ -150,6 +169,8 @@ impl Replayer<'_> {
 
         let mut text = rec.text.into_owned();
         if is_command(&text) {
+            // The command hooks write their own lines: what happened before must be delivered first.
+            self.flush().await?;
             let id = line_event_id(KIND_COMMAND, line_no);
             let command = Command::new(id, self.engine.open_session(&key), key.clone(), &*rec.user_id, at, text);
             match self.dispatcher.decide(command).await {
@@ -157,7 +178,7 @@ impl Replayer<'_> {
                 Verdict::Denied { hook, message, .. } => {
                     tracing::info!(line = line_no, %key, hook, %message, "command denied; record not routed");
                     self.summary.commands_denied += 1;
-                    return;
+                    return Ok(());
                 }
             }
         }
@@ -165,8 +186,23 @@ impl Replayer<'_> {
         self.deliver_pending().await;
         let ev =
             MessageReceived::new(line_event_id(KIND_MESSAGE, line_no), routed.session_id, key, &*rec.user_id, at, text);
-        self.dispatcher.deliver(&ev).await;
         self.summary.records += 1;
+        match &mut self.durable {
+            Some(d) => {
+                d.stage(Step::Message(RoutedMessage {
+                    session_id: routed.session_id,
+                    at,
+                    user_id: rec.user_id.as_ref().into(),
+                    text: ev.text.clone(),
+                }));
+                d.stage(Step::Record(AnyEvent::MessageReceived(ev)));
+                d.input_done(self.dispatcher).await?;
+            }
+            None => {
+                self.dispatcher.deliver(&ev).await;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -187,6 +223,12 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
     };
     let mut reader = BufReader::with_capacity(1 << 20, reader);
     let progress = make_progress(options.progress, size);
+    let durable = match &options.store {
+        Some((path, batch)) => {
+            Some(DurableReplay::new(open_sqlite(path, SqliteOptions::default()).await?, *batch).await?)
+        }
+        None => None,
+    };
     let mut r = Replayer {
         engine: Engine::new(settings.policy.clone(), SessionIds::Sequential),
         dispatcher: &dispatcher,
@@ -195,6 +237,7 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
         clock: None,
         started: false,
         summary: Summary::default(),
+        durable,
     };
     let name = options.input.display().to_string();
     let mut buf = Vec::with_capacity(4096);
@@ -211,7 +254,7 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
         let line_no = r.summary.lines;
         let line = trim_newline(&buf);
         match parse_line(line) {
-            Ok(Line::Record(rec)) => r.route(line_no, rec).await,
+            Ok(Line::Record(rec)) => r.route(line_no, rec).await?,
             Ok(Line::Blank) => r.summary.blank += 1,
             Ok(Line::Ignored) => r.summary.ignored_updates += 1,
             Err(e) => {
@@ -238,6 +281,7 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
     let before = r.engine.open_sessions() as u64;
     r.engine.shutdown(end, &mut r.out);
     r.deliver_pending().await;
+    r.flush().await?;
     let mut shutdown = GatewayShutdown::new(end, before);
     shutdown.event_id = line_event_id(KIND_GATEWAY, u64::MAX);
     dispatcher.deliver(&shutdown).await;

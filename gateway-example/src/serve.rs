@@ -9,7 +9,12 @@
 //! | `GET /metrics` | | Prometheus text: sessions, closes by reason, events, handler failures |
 //!
 //! Errors are JSON: `{"error": "…"}` with 400 (bad JSON, missing field), 401 (wrong Telegram secret),
-//! 413 (body over the limit), 503 (shutting down).
+//! 413 (body over the limit), 503 (shutting down, or the session store failed).
+//!
+//! Sessions live in a SQLite database in the data directory by default (`--store`): a `200` answer
+//! means the message is committed there. On start the gateway resumes from it: undelivered events are
+//! delivered again, sessions that fell due while it was down close (detected late). If the store
+//! fails (a full disk), the gateway answers `503`, stops, and exits with the store's error.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -29,14 +34,15 @@ use hooks_core::dispatch::{Dispatcher, Verdict};
 use hooks_core::event::{
     AgentTurnEnd, AgentTurnStart, Command, EventId, GatewayShutdown, GatewayStartup, MessageReceived, TurnOutcome,
 };
-use hooks_core::lifecycle::{Policy, Routed};
-use hooks_core::runtime::{Runtime, RuntimeError, RuntimeHandle, ShutdownReport, TokioClock};
-use hooks_core::store::MemoryStore;
+use hooks_core::lifecycle::{Policy, Routed, SessionIds};
+use hooks_core::runtime::{Runtime, RuntimeConfig, RuntimeError, RuntimeHandle, ShutdownReport, TokioClock};
+use hooks_core::store::{MemoryStore, SqliteOptions, Store, Synchronous};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::agent::{Agent, EchoAgent, Turn};
 use crate::config::SessionScope;
+use crate::durable::{StoreSpec, open_sqlite};
 use crate::hooks::metrics::Metrics;
 use crate::input::{LineError, Record, parse_message_body, parse_telegram_update};
 
@@ -58,9 +64,14 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// How long shutdown waits for hooks to finish delivering.
     pub drain_timeout: Duration,
-    /// The data directory (sessions live in memory until the durable store exists; the events file
-    /// defaults to `<data_dir>/events.jsonl`).
+    /// The data directory (the session database and the events file default to files in it).
     pub data_dir: PathBuf,
+    /// Where sessions live.
+    pub store: StoreSpec,
+    /// The SQLite store's durability setting.
+    pub synchronous: Synchronous,
+    /// Delivery attempts per event before it becomes a dead letter.
+    pub max_attempts: u32,
 }
 
 struct App<A> {
@@ -77,17 +88,42 @@ struct App<A> {
 ///
 /// # Errors
 ///
-/// The server fails.
+/// The session store cannot be opened (corrupt, newer schema, read-only), fails while serving, or the
+/// server fails.
 pub async fn run(
     listener: tokio::net::TcpListener,
     options: ServeOptions,
     dispatcher: Arc<Dispatcher>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<ShutdownReport> {
+    match options.store.clone() {
+        StoreSpec::Memory => serve_on(listener, options, dispatcher, shutdown, MemoryStore::new()).await,
+        StoreSpec::Sqlite(path) => {
+            let store = open_sqlite(&path, SqliteOptions::default().with_synchronous(options.synchronous)).await?;
+            tracing::info!(path = %path.display(), "session store opened");
+            serve_on(listener, options, dispatcher, shutdown, store).await
+        }
+    }
+}
+
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    options: ServeOptions,
+    dispatcher: Arc<Dispatcher>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    store: impl Store,
+) -> Result<ShutdownReport> {
     let startup = GatewayStartup::new(Timestamp::now(), dispatcher.registry().len());
     dispatcher.deliver(&startup).await;
-    let runtime =
-        Runtime::start(options.policy.clone(), MemoryStore::new(), Arc::clone(&dispatcher), TokioClock::system());
+    let config = RuntimeConfig::default().with_max_attempts(options.max_attempts);
+    let runtime = Runtime::start_with_config(
+        options.policy.clone(),
+        SessionIds::Random,
+        store,
+        Arc::clone(&dispatcher),
+        TokioClock::system(),
+        config,
+    );
     let app = Arc::new(App {
         runtime: runtime.handle().clone(),
         dispatcher: Arc::clone(&dispatcher),
@@ -98,10 +134,24 @@ pub async fn run(
     let router = router(app, options.body_limit);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %options.data_dir.display(), "gateway listening");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+    let handle = runtime.handle().clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            failure = handle.failed() => tracing::error!(%failure, "the session store failed; stopping"),
+        }
+    };
+    axum::serve(listener, router).with_graceful_shutdown(stop).await.context("HTTP server failed")?;
 
     tracing::info!("shutting down: closing open sessions");
+    let failure = runtime.handle().failure();
     let report = runtime.shutdown(options.drain_timeout).await;
+    if let Some(failure) = failure {
+        anyhow::bail!(
+            "the session store failed: {failure}; nothing after the last commit was recorded, committed data is \
+             intact; fix the store and start again"
+        );
+    }
     let ev = GatewayShutdown::new(Timestamp::now(), report.sessions_closed);
     dispatcher.deliver(&ev).await;
     if report.drained {
@@ -161,6 +211,8 @@ struct Handled {
     session_id: Option<hooks_core::event::SessionId>,
     reply: String,
     denied: bool,
+    /// The message opened its session (a welcome is on its way).
+    opened: bool,
 }
 
 impl<A: Agent> App<A> {
@@ -175,7 +227,7 @@ impl<A: Agent> App<A> {
                 Verdict::Allowed { command, .. } => text = command.text,
                 Verdict::Denied { message, hook, .. } => {
                     tracing::info!(%key, hook, "command denied");
-                    return Ok(Handled { session_id: open, reply: message, denied: true });
+                    return Ok(Handled { session_id: open, reply: message, denied: true, opened: false });
                 }
             }
         }
@@ -199,12 +251,26 @@ impl<A: Agent> App<A> {
         };
         let end = AgentTurnEnd::new(EventId::new_random(), sid, key.clone(), started, Timestamp::now(), outcome);
         self.runtime.emit(key, end)?;
-        Ok(Handled { session_id: Some(sid), reply, denied: false })
+        Ok(Handled { session_id: Some(sid), reply, denied: false, opened: routed.opened })
     }
 
-    fn welcome(&self, session: Option<hooks_core::event::SessionId>) -> Option<String> {
+    /// The welcome queued for the handled message's session. The `SessionStart` that queues it is
+    /// delivered by another task after the commit, so for a session this message opened, wait a moment
+    /// for it (a slow hook makes the welcome come with the next reply instead).
+    async fn welcome(&self, handled: &Handled) -> Option<String> {
         let greeter = self.dispatcher.state().get::<gateway_plugin_memory::Greeter>()?;
-        greeter.take(session?)
+        let session = handled.session_id?;
+        let mut waits = if handled.opened { 100 } else { 0 };
+        loop {
+            if let Some(text) = greeter.take(session) {
+                return Some(text);
+            }
+            if waits == 0 {
+                return None;
+            }
+            waits -= 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 }
 
@@ -219,7 +285,7 @@ async fn post_message<A: Agent>(
     if handled.denied {
         answer["denied"] = Value::Bool(true);
     }
-    if let Some(welcome) = app.welcome(handled.session_id) {
+    if let Some(welcome) = app.welcome(&handled).await {
         answer["welcome"] = Value::String(welcome);
     }
     Ok(axum::Json(answer))
@@ -243,8 +309,8 @@ async fn telegram_webhook<A: Agent>(
     let chat_id: Value =
         rec.chat_id.parse::<i64>().map_or_else(|_| Value::String(rec.chat_id.to_string()), Value::from);
     let handled = app.handle(rec).await?;
-    let mut text = handled.reply;
-    if let Some(welcome) = app.welcome(handled.session_id) {
+    let mut text = handled.reply.clone();
+    if let Some(welcome) = app.welcome(&handled).await {
         text = format!("{welcome}\n\n{text}");
     }
     // Telegram runs a Bot API method given in the webhook's answer: the reply needs no second request.
@@ -282,6 +348,25 @@ async fn metrics<A: Agent>(State(app): State<Arc<App<A>>>) -> Response {
         &plain(m.events_delivered),
     );
     metric("gateway_events_pending", "gauge", "Events recorded and not yet delivered.", &plain(m.deliveries_pending));
+    metric(
+        "gateway_dead_letters",
+        "gauge",
+        "Events whose handlers kept failing, kept in the store's dead-letter state (see `dead-letters list`).",
+        &plain(m.dead_letters),
+    );
+    metric(
+        "gateway_events_redelivered_total",
+        "counter",
+        "Events delivered again at start because the previous process stopped before delivering them.",
+        &plain(m.redelivered),
+    );
+    metric(
+        "gateway_sessions_restored",
+        "gauge",
+        "Sessions found open in the store at start and resumed.",
+        &plain(m.sessions_restored),
+    );
+    metric("gateway_store_errors_total", "counter", "Session store operations that failed.", &plain(m.store_errors));
     let stats = app.dispatcher.stats();
     let per_hook = |f: fn(&hooks_core::dispatch::HandlerStats) -> u64| -> Vec<(String, u64)> {
         stats

@@ -135,8 +135,10 @@ impl Deliveries {
             self.handler_failures.fetch_add(failed as u64, Ordering::Relaxed);
             let dead = failed > 0 && attempt >= self.retry.max_attempts;
             if let Some(seq) = seq {
-                let results: Vec<HandlerResult> =
-                    outcomes.iter().map(|o| HandlerResult { handler: o.hook.clone(), error: o.error.clone() }).collect();
+                let results: Vec<HandlerResult> = outcomes
+                    .iter()
+                    .map(|o| HandlerResult { handler: o.hook.clone(), error: o.error.clone() })
+                    .collect();
                 let record = DeliveryRecord { seq, attempt, results: &results, dead };
                 if let Err(error) = self.store.record_delivery(&record).await {
                     // The event will be delivered again after a restart; handlers dedupe by event_id.
@@ -145,10 +147,8 @@ impl Deliveries {
             }
             if dead {
                 self.dead_letters.fetch_add(1, Ordering::Relaxed);
-                let errors: Vec<String> = outcomes
-                    .iter()
-                    .filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.hook)))
-                    .collect();
+                let errors: Vec<String> =
+                    outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.hook))).collect();
                 tracing::error!(
                     event = event.name(),
                     event_id = %event.event_id(),

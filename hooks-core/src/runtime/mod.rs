@@ -215,9 +215,17 @@ enum Cmd {
         text: String,
         reply: oneshot::Sender<Result<Routed, RuntimeError>>,
     },
-    Emit { key: SessionKey, event: AnyEvent },
-    OpenSession { key: SessionKey, reply: oneshot::Sender<Option<SessionId>> },
-    Shutdown { reply: oneshot::Sender<u64> },
+    Emit {
+        key: SessionKey,
+        event: AnyEvent,
+    },
+    OpenSession {
+        key: SessionKey,
+        reply: oneshot::Sender<Option<SessionId>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<u64>,
+    },
 }
 
 #[derive(Default)]
@@ -289,10 +297,12 @@ impl RuntimeHandle {
     /// does): a gateway awaits it to stop serving and exit with the error.
     pub async fn failed(&self) -> String {
         let mut rx = self.shared.failure.subscribe();
-        match rx.wait_for(Option::is_some).await {
-            Ok(failure) => failure.clone().unwrap_or_default(),
+        // The guard is dropped before any other await, so this future is `Send`.
+        let failure = rx.wait_for(Option::is_some).await.map(|f| f.clone()).ok().flatten();
+        match failure {
+            Some(failure) => failure,
             // The sender lives in `Shared`, which this handle holds: it cannot be gone.
-            Err(_) => std::future::pending().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -698,12 +708,7 @@ impl Actor {
     }
 
     /// Queues a recorded step's events for delivery, or reports why the store refused it.
-    fn settle(
-        &self,
-        step: Step,
-        key: Option<SessionKey>,
-        outcome: Result<StepOutcome, crate::store::StoreError>,
-    ) {
+    fn settle(&self, step: Step, key: Option<SessionKey>, outcome: Result<StepOutcome, crate::store::StoreError>) {
         match (step, outcome) {
             (Step::Open(start), Ok(StepOutcome::Opened(OpenOutcome::Opened { start: seq }))) => {
                 self.deliver(Some(seq), AnyEvent::SessionStart(start));

@@ -40,7 +40,13 @@ fn a_restart_closes_overdue_sessions_late_and_redelivers_the_outbox() {
     let first = tokio_rt();
     let session = first.block_on(async {
         let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
-        let rt = Runtime::start_with_ids(Policy::default(), SessionIds::Random, store, Arc::clone(&dispatcher), ManualClock::new(t0));
+        let rt = Runtime::start_with_ids(
+            Policy::default(),
+            SessionIds::Random,
+            store,
+            Arc::clone(&dispatcher),
+            ManualClock::new(t0),
+        );
         let a = rt.handle().message(key.clone(), "alice", "hello").await.unwrap();
         let b = rt.handle().message(key.clone(), "alice", "again").await.unwrap();
         assert_eq!(a.session_id, b.session_id);
@@ -61,7 +67,13 @@ fn a_restart_closes_overdue_sessions_late_and_redelivers_the_outbox() {
     let restart = t("2024-05-01T12:00:00Z");
     tokio_rt().block_on(async {
         let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
-        let rt = Runtime::start_with_ids(Policy::default(), SessionIds::Random, store, dispatcher, ManualClock::new(restart));
+        let rt = Runtime::start_with_ids(
+            Policy::default(),
+            SessionIds::Random,
+            store,
+            dispatcher,
+            ManualClock::new(restart),
+        );
         // Answered only once recovery is done.
         assert_eq!(rt.handle().open_session(key.clone()).await.unwrap(), None);
         let m = rt.handle().metrics();
@@ -75,9 +87,11 @@ fn a_restart_closes_overdue_sessions_late_and_redelivers_the_outbox() {
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     let (reason, ended, detected, count): (String, i64, i64, i64) = conn
-        .query_row("SELECT reason, ended_at, detected_at, message_count FROM sessions WHERE id = ?1", [session.to_string()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
+        .query_row(
+            "SELECT reason, ended_at, detected_at, message_count FROM sessions WHERE id = ?1",
+            [session.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
         .unwrap();
     assert_eq!(reason, "idle_expiry");
     assert_eq!(ended as i128, t("2024-05-01T10:30:00Z").as_nanosecond());
@@ -107,7 +121,10 @@ fn a_full_store_stops_the_runtime_and_keeps_what_was_committed() {
         };
         assert!(matches!(&error, RuntimeError::Store(m) if m.contains("full")), "{error}");
         assert!(rt.handle().failed().await.contains("full"));
-        assert!(matches!(rt.handle().message(SessionKey::chat("web", "z"), "a", "b").await, Err(RuntimeError::Store(_))));
+        assert!(matches!(
+            rt.handle().message(SessionKey::chat("web", "z"), "a", "b").await,
+            Err(RuntimeError::Store(_))
+        ));
         let report = rt.shutdown(Duration::from_secs(1)).await;
         assert_eq!(report.sessions_closed, 0);
         accepted

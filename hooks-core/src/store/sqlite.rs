@@ -39,9 +39,7 @@ use super::{
     CloseOutcome, DeliveryRecord, LostClose, OpenOutcome, OpenSession, OutboxEntry, OutboxSeq, PendingDelivery,
     RecoveredSession, Recovery, RotateOutcome, RoutedMessage, Step, StepOutcome, Store, StoreError,
 };
-use crate::event::{
-    AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart, TranscriptEntry,
-};
+use crate::event::{AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart, TranscriptEntry};
 
 /// The newest schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -171,9 +169,10 @@ pub struct DeadLetter {
 }
 
 type AnyBox = Box<dyn Any + Send>;
+type JobFn = Box<dyn FnOnce(&Connection) -> Result<AnyBox, StoreError> + Send>;
 
 struct Job {
-    run: Box<dyn FnOnce(&Connection) -> Result<AnyBox, StoreError> + Send>,
+    run: JobFn,
     reply: oneshot::Sender<Result<AnyBox, StoreError>>,
 }
 
@@ -289,13 +288,11 @@ impl SqliteStore {
             return Err(StoreError::ReadOnly { detail: format!("{} can only be opened read-only", path.display()) });
         }
         conn.busy_timeout(options.busy_timeout).map_err(classify)?;
-        let version: i64 =
-            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { path: path.to_owned(), found: version, supported: SCHEMA_VERSION });
         }
-        let check: String =
-            conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
         if check != "ok" {
             return Err(corrupt(path, format!("integrity check: {check}")));
         }
@@ -529,9 +526,7 @@ fn same_error(code: Option<ErrorCode>, msg: &str) -> StoreError {
 
 fn insert_outbox(conn: &Connection, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
     let mut stmt = conn
-        .prepare_cached(
-            "INSERT INTO outbox (event_id, event, key, payload, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
+        .prepare_cached("INSERT INTO outbox (event_id, event, key, payload, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)")
         .map_err(classify)?;
     stmt.execute(params![
         event.event_id().to_string(),
@@ -771,14 +766,21 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
     Ok(Recovery { sessions, pending, dead_letters: dead as u64 })
 }
 
-fn record_delivery(conn: &Connection, seq: i64, attempt: i64, results: &[(String, Option<String>)], dead: bool) -> Result<(), StoreError> {
-    let failed: Vec<String> =
-        results.iter().filter_map(|(h, e)| e.as_ref().map(|e| format!("{h}: {e}"))).collect();
+fn record_delivery(
+    conn: &Connection,
+    seq: i64,
+    attempt: i64,
+    results: &[(String, Option<String>)],
+    dead: bool,
+) -> Result<(), StoreError> {
+    let failed: Vec<String> = results.iter().filter_map(|(h, e)| e.as_ref().map(|e| format!("{h}: {e}"))).collect();
     if failed.is_empty() {
         conn.prepare_cached("DELETE FROM deliveries WHERE seq = ?1")
             .and_then(|mut s| s.execute([seq]))
             .map_err(classify)?;
-        conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1").and_then(|mut s| s.execute([seq])).map_err(classify)?;
+        conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")
+            .and_then(|mut s| s.execute([seq]))
+            .map_err(classify)?;
         return Ok(());
     }
     let mut upsert = conn
@@ -825,9 +827,8 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT seq, payload FROM outbox WHERE state = 'pending' ORDER BY seq LIMIT ?1")
                 .map_err(classify)?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = stmt
-                .query_map([limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                .map_err(classify)?;
+            let rows =
+                stmt.query_map([limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).map_err(classify)?;
             let mut out = Vec::new();
             for row in rows {
                 let (seq, payload) = row.map_err(classify)?;
@@ -897,7 +898,7 @@ impl Store for SqliteStore {
     }
 
     async fn recover(&self) -> Result<Recovery, StoreError> {
-        self.call(|conn| recover(conn)).await
+        self.call(recover).await
     }
 }
 

@@ -1,0 +1,253 @@
+//! The session store choice (`--store memory|sqlite:PATH`, `--synchronous full|normal`), the durable
+//! replay path (group commit into SQLite, delivery after commit) and the `dead-letters` command.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use hooks_core::dispatch::Dispatcher;
+use hooks_core::event::AnyEvent;
+use hooks_core::store::{
+    CloseOutcome, DeliveryRecord, HandlerResult, OpenOutcome, OutboxSeq, RotateOutcome, SqliteOptions, SqliteStore,
+    Step, StepOutcome, Store, StoreError, Synchronous,
+};
+
+/// The file name of the session database inside the data directory.
+pub const DB_FILE: &str = "sessions.sqlite3";
+
+/// Where sessions live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// In memory: lost when the process stops.
+    Memory,
+    /// In this SQLite file (created if missing).
+    Sqlite(PathBuf),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(StoreSpec::Memory),
+            _ => match s.strip_prefix("sqlite:") {
+                Some(path) if !path.is_empty() => Ok(StoreSpec::Sqlite(PathBuf::from(path))),
+                _ => Err(format!("{s:?} is not a store; write `memory` or `sqlite:PATH`")),
+            },
+        }
+    }
+}
+
+/// `--synchronous`: how hard SQLite works to make each commit durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncArg {
+    /// Every commit reaches the disk before a reply (default): nothing acknowledged is lost, even on
+    /// power loss.
+    #[default]
+    Full,
+    /// Commits reach the disk at checkpoints: safe against a process crash, but a power loss or OS
+    /// crash can lose the last acknowledged commits.
+    Normal,
+}
+
+impl From<SyncArg> for Synchronous {
+    fn from(s: SyncArg) -> Self {
+        match s {
+            SyncArg::Full => Synchronous::Full,
+            SyncArg::Normal => Synchronous::Normal,
+        }
+    }
+}
+
+/// Opens the SQLite store at `path` off the async runtime (opening runs SQLite's integrity check).
+///
+/// # Errors
+///
+/// The store's typed errors (corrupt, newer schema, read-only, full), with the path.
+pub async fn open_sqlite(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
+    let owned = path.to_owned();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(owned, options))
+        .await
+        .context("opening the session database")?;
+    store.with_context(|| format!("opening the session database {}", path.display()))
+}
+
+/// Replay's durable path: the engine's output and the messages are committed to SQLite in batches
+/// (group commit), and each batch is delivered only after its commit, then its deliveries recorded.
+#[derive(Debug)]
+pub struct DurableReplay {
+    store: SqliteStore,
+    steps: Vec<Step>,
+    inputs: usize,
+    batch: usize,
+    /// Events recorded (session events and messages).
+    pub recorded: u64,
+    /// Events whose delivery failed for some handler (moved to the dead-letter state).
+    pub dead_letters: u64,
+}
+
+impl DurableReplay {
+    /// Replays into `store`, committing every `batch` records; the database must hold no sessions yet
+    /// (replay makes sequential session ids, which would collide with an earlier replay's).
+    ///
+    /// # Errors
+    ///
+    /// The database already holds sessions or events, or cannot be read.
+    pub async fn new(store: SqliteStore, batch: usize) -> Result<Self> {
+        let (open, closed, pending, dead) = store.counts().await.context("reading the session database")?;
+        if open + closed + pending + dead > 0 {
+            bail!(
+                "replay --store sqlite needs a new database, and {} already holds {} sessions and {} events",
+                store.path().display(),
+                open + closed,
+                pending + dead
+            );
+        }
+        Ok(Self { store, steps: Vec::new(), inputs: 0, batch: batch.max(1), recorded: 0, dead_letters: 0 })
+    }
+
+    /// Stages the engine's output: one step per close (a close and its successor's start: one rotate).
+    pub fn stage_engine_output(&mut self, out: &mut Vec<AnyEvent>) {
+        let mut events = out.drain(..).peekable();
+        while let Some(event) = events.next() {
+            match event {
+                AnyEvent::SessionEnd(end) => {
+                    let rotate = matches!(events.peek(), Some(AnyEvent::SessionStart(s)) if s.previous_session_id == Some(end.session_id));
+                    match events.next_if(|_| rotate) {
+                        Some(AnyEvent::SessionStart(start)) => self.steps.push(Step::Rotate(end, start)),
+                        _ => self.steps.push(Step::Close(end)),
+                    }
+                }
+                AnyEvent::SessionStart(start) => self.steps.push(Step::Open(start)),
+                other => self.steps.push(Step::Record(other)),
+            }
+        }
+    }
+
+    /// Stages a step for the current batch.
+    pub fn stage(&mut self, step: Step) {
+        self.steps.push(step);
+    }
+
+    /// Counts one input; commits and delivers when the batch is full.
+    ///
+    /// # Errors
+    ///
+    /// See [`flush`](Self::flush).
+    pub async fn input_done(&mut self, dispatcher: &Dispatcher) -> Result<()> {
+        self.inputs += 1;
+        if self.inputs >= self.batch { self.flush(dispatcher).await } else { Ok(()) }
+    }
+
+    /// Commits the staged steps in one transaction, delivers what was recorded in order, and records
+    /// the deliveries (in one more transaction).
+    ///
+    /// # Errors
+    ///
+    /// The store failed: nothing of the batch was recorded or delivered.
+    pub async fn flush(&mut self, dispatcher: &Dispatcher) -> Result<()> {
+        self.inputs = 0;
+        let steps = std::mem::take(&mut self.steps);
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let outcomes = self.store.apply(steps.clone()).await.context("the session store failed")?;
+        let mut delivered: Vec<(OutboxSeq, Vec<HandlerResult>)> = Vec::new();
+        for (step, outcome) in steps.into_iter().zip(outcomes) {
+            for (seq, event) in recorded(step, outcome)? {
+                let results: Vec<HandlerResult> = dispatcher
+                    .deliver_any_detailed(&event, 1, &[])
+                    .await
+                    .into_iter()
+                    .map(|o| HandlerResult { handler: o.hook, error: o.error })
+                    .collect();
+                delivered.push((seq, results));
+            }
+        }
+        self.recorded += delivered.len() as u64;
+        // Submitted together, the records share one transaction on the store's writer thread.
+        let records: Vec<DeliveryRecord<'_>> = delivered
+            .iter()
+            .map(|(seq, results)| {
+                let dead = results.iter().any(|r| r.error.is_some());
+                DeliveryRecord { seq: *seq, attempt: 1, results, dead }
+            })
+            .collect();
+        self.dead_letters += records.iter().filter(|r| r.dead).count() as u64;
+        let writes = records.iter().map(|r| self.store.record_delivery(r));
+        for result in futures::future::join_all(writes).await {
+            result.context("recording deliveries")?;
+        }
+        Ok(())
+    }
+}
+
+/// The events a committed step recorded, with their outbox positions.
+fn recorded(step: Step, outcome: Result<StepOutcome, StoreError>) -> Result<Vec<(OutboxSeq, AnyEvent)>> {
+    Ok(match (step, outcome?) {
+        (Step::Open(start), StepOutcome::Opened(OpenOutcome::Opened { start: seq })) => {
+            vec![(seq, AnyEvent::SessionStart(start))]
+        }
+        (Step::Close(end), StepOutcome::Closed(CloseOutcome::Closed { end: seq })) => {
+            vec![(seq, AnyEvent::SessionEnd(end))]
+        }
+        (Step::Rotate(end, start), StepOutcome::Rotated(RotateOutcome::Rotated { end: e, start: s })) => {
+            vec![(e, AnyEvent::SessionEnd(end)), (s, AnyEvent::SessionStart(start))]
+        }
+        (Step::Record(event), StepOutcome::Recorded(seq)) => vec![(seq, event)],
+        (_, StepOutcome::Message) => Vec::new(),
+        (_, other) => bail!("the session store refused a step of a fresh replay: {other:?}"),
+    })
+}
+
+/// `dead-letters list`: prints every dead letter (or JSON).
+///
+/// # Errors
+///
+/// The database cannot be opened or read.
+pub async fn list_dead_letters(path: &Path, json: bool) -> Result<()> {
+    let store = open_existing(path).await?;
+    let dead = store.dead_letters().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&dead)?);
+        return Ok(());
+    }
+    if dead.is_empty() {
+        println!("no dead letters in {}", path.display());
+        return Ok(());
+    }
+    println!("{:>8}  {:<16} {:<36} {:>8}  {:<24} error", "seq", "event", "event_id", "attempts", "key");
+    for d in &dead {
+        println!(
+            "{:>8}  {:<16} {:<36} {:>8}  {:<24} {}",
+            d.seq.0,
+            d.event,
+            d.event_id,
+            d.attempts,
+            d.key.as_deref().unwrap_or("-"),
+            d.error.as_deref().unwrap_or("")
+        );
+    }
+    println!("{} dead letters; `dead-letters retry` queues them for delivery at the next start", dead.len());
+    Ok(())
+}
+
+/// `dead-letters retry [SEQ...]`: moves dead letters back to pending.
+///
+/// # Errors
+///
+/// The database cannot be opened or written.
+pub async fn retry_dead_letters(path: &Path, seqs: Vec<u64>) -> Result<()> {
+    let store = open_existing(path).await?;
+    let only = if seqs.is_empty() { None } else { Some(seqs.into_iter().map(OutboxSeq).collect()) };
+    let moved = store.retry_dead_letters(only).await?;
+    println!("{moved} dead letters queued again; the gateway delivers them when it next starts on {}", path.display());
+    Ok(())
+}
+
+async fn open_existing(path: &Path) -> Result<Arc<SqliteStore>> {
+    if !path.is_file() {
+        bail!("no session database at {} (give --data-dir or --store sqlite:PATH)", path.display());
+    }
+    Ok(Arc::new(open_sqlite(path, SqliteOptions::default()).await?))
+}
