@@ -113,6 +113,11 @@ enum Cmd {
         #[arg(long, value_name = "N", default_value_t = 5)]
         max_attempts: u32,
 
+        /// Cap the session database at N pages of 4 KiB (a quota: writes beyond it fail as on a full
+        /// disk). For tests and constrained hosts.
+        #[arg(long, value_name = "N", hide = true)]
+        sqlite_max_pages: Option<u64>,
+
         /// The welcome the memory plugin queues for each new session.
         #[arg(long, value_name = "TEXT", default_value = "Hi! I am the example gateway; /help lists the commands.")]
         welcome: String,
@@ -234,6 +239,7 @@ fn run(cli: Cli) -> Result<()> {
             store,
             synchronous,
             max_attempts,
+            sqlite_max_pages,
             welcome,
             session,
         } => {
@@ -272,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
                     .unwrap_or_else(|| crate::durable::StoreSpec::Sqlite(data_dir.join(crate::durable::DB_FILE))),
                 synchronous: synchronous.into(),
                 max_attempts: max_attempts.max(1),
+                max_pages: sqlite_max_pages,
                 data_dir,
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

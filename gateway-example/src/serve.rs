@@ -72,6 +72,8 @@ pub struct ServeOptions {
     pub synchronous: Synchronous,
     /// Delivery attempts per event before it becomes a dead letter.
     pub max_attempts: u32,
+    /// A cap on the SQLite database's size, in pages of 4 KiB (`None`: no cap).
+    pub max_pages: Option<u64>,
 }
 
 struct App<A> {
@@ -99,7 +101,11 @@ pub async fn run(
     match options.store.clone() {
         StoreSpec::Memory => serve_on(listener, options, dispatcher, shutdown, MemoryStore::new()).await,
         StoreSpec::Sqlite(path) => {
-            let store = open_sqlite(&path, SqliteOptions::default().with_synchronous(options.synchronous)).await?;
+            let mut sqlite = SqliteOptions::default().with_synchronous(options.synchronous);
+            if let Some(pages) = options.max_pages {
+                sqlite = sqlite.with_max_pages(pages);
+            }
+            let store = open_sqlite(&path, sqlite).await?;
             tracing::info!(path = %path.display(), "session store opened");
             serve_on(listener, options, dispatcher, shutdown, store).await
         }

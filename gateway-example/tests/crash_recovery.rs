@@ -201,7 +201,9 @@ fn sigkill_at_random_points_loses_and_doubles_nothing() {
 
     // A last start delivers what is left and shuts down gracefully.
     let mut last = spawn(&data, None);
-    std::thread::sleep(Duration::from_millis(300));
+    // Its SIGTERM handler is installed once it serves (after recovery): wait for an answer first.
+    let sid = post(&last.addr, "chat-final", "bye").expect("the last start does not serve");
+    ledger.lock().unwrap().accepted.insert("bye".to_owned(), sid);
     let pid = last.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = last.child.wait().unwrap();
