@@ -64,6 +64,10 @@ enum Cmd {
         #[arg(long, value_name = "N", default_value_t = 512)]
         batch: usize,
 
+        /// SQLite durability with --store sqlite:PATH (see `serve --help`).
+        #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::durable::SyncArg::Full)]
+        synchronous: crate::durable::SyncArg,
+
         #[command(flatten)]
         session: SessionArgs,
     },
@@ -309,7 +313,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{written} updates written, {skipped} lines skipped");
             Ok(())
         }
-        Cmd::Replay { input, events_out, strict, no_progress, summary_json, store, batch, session } => {
+        Cmd::Replay { input, events_out, strict, no_progress, summary_json, store, batch, synchronous, session } => {
             let (settings, file) = session.resolve()?;
             let events_out = events_out
                 .or(file.events_out)
@@ -324,7 +328,9 @@ fn run(cli: Cli) -> Result<()> {
                 Arc::new(Dispatcher::with_config(Registry::from_inventory(), state, DispatchConfig::default()));
             let store = match store {
                 crate::durable::StoreSpec::Memory => None,
-                crate::durable::StoreSpec::Sqlite(path) => Some((path, batch.max(1))),
+                crate::durable::StoreSpec::Sqlite(path) => {
+                    Some(crate::durable::DurableOptions { path, batch: batch.max(1), synchronous: synchronous.into() })
+                }
             };
             let options = replay::ReplayOptions { input, strict, progress: !no_progress, max_reported: 100, store };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -59,6 +59,17 @@ impl From<SyncArg> for Synchronous {
     }
 }
 
+/// `replay --store sqlite:PATH`: where and how to record.
+#[derive(Clone, Debug)]
+pub struct DurableOptions {
+    /// The database file (a new one).
+    pub path: PathBuf,
+    /// Records per transaction.
+    pub batch: usize,
+    /// Durability of each commit.
+    pub synchronous: Synchronous,
+}
+
 /// Opens the SQLite store at `path` off the async runtime (opening runs SQLite's integrity check).
 ///
 /// # Errors

@@ -21,7 +21,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::durable::{DurableReplay, open_sqlite};
+use crate::durable::{DurableOptions, DurableReplay, open_sqlite};
 use crate::hooks::metrics::{Metrics, MetricsSnapshot};
 use crate::input::{Line, LineError, parse_line};
 
@@ -36,9 +36,9 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// At most this many bad lines are reported one by one on stderr; the rest only counted.
     pub max_reported: u64,
-    /// Record sessions and events in this SQLite database (a new one), committing every this many
+    /// Record sessions and events in this SQLite database (a new one), committing every `batch`
     /// records, and deliver each batch after its commit; `None`: the in-memory engine path.
-    pub store: Option<(std::path::PathBuf, usize)>,
+    pub store: Option<DurableOptions>,
 }
 
 /// What a replay did: printed at the end, and written as JSON with `--summary-json`.
@@ -224,8 +224,9 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
     let mut reader = BufReader::with_capacity(1 << 20, reader);
     let progress = make_progress(options.progress, size);
     let durable = match &options.store {
-        Some((path, batch)) => {
-            Some(DurableReplay::new(open_sqlite(path, SqliteOptions::default()).await?, *batch).await?)
+        Some(d) => {
+            let sqlite = SqliteOptions::default().with_synchronous(d.synchronous);
+            Some(DurableReplay::new(open_sqlite(&d.path, sqlite).await?, d.batch).await?)
         }
         None => None,
     };

@@ -299,3 +299,64 @@ fn a_full_disk_stops_the_gateway_with_a_clear_error_and_keeps_what_was_committed
     let (open, closed) = sessions(&copy.join(DB));
     assert_eq!(open + closed, accepted, "acknowledged sessions lost or invented");
 }
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(common::bin()).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_hook_that_keeps_failing_dead_letters_its_event_and_retry_delivers_it_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let memory = dir.path().join("memory");
+    let events = dir.path().join("events.jsonl");
+    let mem = memory.to_str().unwrap();
+    let (child, addr, _stderr) = start(&data, &events, &["--memory-dir", mem, "--max-attempts", "2"]).unwrap();
+    // The memory plugin's hook now fails on every session_end: its directory is a file.
+    std::fs::remove_dir_all(&memory).unwrap();
+    std::fs::write(&memory, b"not a directory").unwrap();
+    assert_eq!(post(&addr, "demo", "hello").0, 200);
+    assert_eq!(post(&addr, "demo", "/new").0, 200);
+    let mut gauge = String::new();
+    for _ in 0..300 {
+        let metrics = get(&addr, "/metrics");
+        gauge = metrics.lines().find(|l| l.starts_with("gateway_dead_letters ")).unwrap_or_default().to_owned();
+        if gauge == "gateway_dead_letters 1" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(gauge, "gateway_dead_letters 1");
+    assert!(stop_gracefully(child, &addr));
+
+    let data_arg = data.to_str().unwrap();
+    let (ok, listed) = cli(&["dead-letters", "list", "--json", "--data-dir", data_arg]);
+    assert!(ok, "{listed}");
+    let dead: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let dead = dead.as_array().unwrap();
+    // The `/new` close and the shutdown close: two session_end events, neither dropped.
+    assert_eq!(dead.len(), 2, "{listed}");
+    assert!(dead.iter().all(|d| d["event"] == "session_end" && d["attempts"] == 2), "{listed}");
+    assert!(dead[0]["error"].as_str().unwrap().contains("gateway_plugin_memory::remember"), "{listed}");
+
+    std::fs::remove_file(&memory).unwrap();
+    std::fs::create_dir(&memory).unwrap();
+    let (ok, out) = cli(&["dead-letters", "retry", "--data-dir", data_arg]);
+    assert!(ok && out.contains("2 dead letters queued again"), "{out}");
+    let (child, addr, _stderr) = start(&data, &events, &["--memory-dir", mem]).unwrap();
+    assert!(stop_gracefully(child, &addr));
+    let files = std::fs::read_dir(&memory).unwrap().count();
+    assert_eq!(files, 2, "the retried session_end events reached the memory hook");
+    let (ok, listed) = cli(&["dead-letters", "list", "--json", "--data-dir", data_arg]);
+    assert!(ok && serde_json::from_str::<serde_json::Value>(&listed).unwrap() == serde_json::json!([]), "{listed}");
+}
