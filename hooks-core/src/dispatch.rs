@@ -242,17 +242,114 @@ impl Dispatcher {
     pub async fn deliver_attempt<E: Event<Output = ()>>(&self, event: &E, attempt: u32) -> Delivery {
         let list = self.registry.hook_list::<E>();
         let hooks = list.as_slice();
-        let mut ctx = self.context(event, attempt);
+        let ctx = self.context(event, attempt);
         let failed = if list.all_sync() {
-            hooks.iter().enumerate().filter(|(i, hook)| self.call_sync(*i, hook, event, &mut ctx).is_err()).count()
+            self.deliver_sync(hooks, event, ctx)
         } else {
-            let calls = hooks.iter().enumerate().map(|(i, hook)| {
-                let mut ctx = ctx.clone();
-                async move { self.call(i, hook, event, &mut ctx).await }
-            });
-            futures::future::join_all(calls).await.iter().filter(|r| r.is_err()).count()
+            self.deliver_mixed(hooks, event, &ctx).await
         };
         Delivery { handlers: hooks.len(), failed }
+    }
+
+    /// Every handler is a plain `fn`: one context for all of them, and one clock read per handler
+    /// (each handler's end is the next one's start). Returns how many failed.
+    fn deliver_sync<E: Event>(&self, hooks: &[Hook<E>], event: &E, mut ctx: HookContext) -> usize {
+        let mut clock = self.measuring().then(Instant::now);
+        let mut failed = 0;
+        for (i, hook) in hooks.iter().enumerate() {
+            self.prepare(&mut ctx, hook);
+            failed += usize::from(self.call_sync(i, hook, event, &ctx, &mut clock).is_err());
+        }
+        failed
+    }
+
+    /// At least one handler is async. Handlers start in registry order: a plain `fn` runs when its turn
+    /// comes; an async one is polled once right away, and only if it is still pending does it get a
+    /// timeout and wait, concurrently with the others, until every handler is done. Most handlers
+    /// finish on their first poll, so the common case allocates nothing beyond the handler's own
+    /// future and the contexts. Returns how many failed.
+    async fn deliver_mixed<E: Event>(&self, hooks: &[Hook<E>], event: &E, base: &HookContext) -> usize {
+        // A context per handler, since pending handlers hold theirs while the next ones run.
+        let contexts: Vec<HookContext> = hooks
+            .iter()
+            .map(|hook| {
+                let mut ctx = base.clone();
+                self.prepare(&mut ctx, hook);
+                ctx
+            })
+            .collect();
+        let mut failed = 0;
+        let mut waiting = Vec::new();
+        for (i, (hook, ctx)) in hooks.iter().zip(&contexts).enumerate() {
+            let f = match hook.handler() {
+                Handler::Sync(_) => {
+                    failed += usize::from(self.call_sync(i, hook, event, ctx, &mut None).is_err());
+                    continue;
+                }
+                Handler::Async(f) => f,
+            };
+            let counters = self.counters::<E>(i);
+            counters.calls.fetch_add(1, Ordering::Relaxed);
+            // Tokio's clock, so that timeouts follow paused time in tests like every tokio timer.
+            let started = self.measuring().then(tokio::time::Instant::now);
+            let mut future = f(event, ctx);
+            let first = match self.config.isolation {
+                Isolation::Off => Ok(futures::poll!(future.as_mut())),
+                Isolation::Contained => {
+                    std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))))
+                    })
+                    .await
+                }
+            };
+            let result = match first {
+                Ok(std::task::Poll::Pending) => {
+                    waiting.push(self.finish_async(i, hook, event, future, started, ctx.timeout));
+                    continue;
+                }
+                Ok(std::task::Poll::Ready(result)) => result.map_err(Failure::Error),
+                Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
+            };
+            if let Some(started) = started {
+                counters.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+            failed += usize::from(self.settle(hook, event, counters, result).is_err());
+        }
+        if !waiting.is_empty() {
+            failed += futures::future::join_all(waiting).await.iter().filter(|r| r.is_err()).count();
+        }
+        failed
+    }
+
+    /// Waits for an async handler that was pending on its first poll, until its timeout counted from
+    /// `started`.
+    async fn finish_async<'a, E: Event>(
+        &self,
+        index: usize,
+        hook: &Hook<E>,
+        event: &E,
+        future: futures::future::BoxFuture<'a, Result<E::Output, HookError>>,
+        started: Option<tokio::time::Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<E::Output, Failure> {
+        let counters = self.counters::<E>(index);
+        let result = match (self.config.isolation, started) {
+            (Isolation::Contained, Some(started)) => {
+                let future = AssertUnwindSafe(future).catch_unwind();
+                let result = match timeout {
+                    Some(limit) => tokio::time::timeout_at(started + limit, future).await.map_err(|_| limit),
+                    None => Ok(future.await),
+                };
+                counters.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                match result {
+                    Err(limit) => Err(Failure::Timeout(limit)),
+                    Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
+                    Ok(Ok(result)) => result.map_err(Failure::Error),
+                }
+            }
+            _ => future.await.map_err(Failure::Error),
+        };
+        self.settle(hook, event, counters, result)
     }
 
     /// Delivers `event` as attempt `attempt` to every handler of its type except those named in `skip`
@@ -385,25 +482,38 @@ impl Dispatcher {
         &self.counters[E::INDEX][index]
     }
 
-    /// Calls a plain `fn` handler; `Err` if it failed (already reported).
+    fn measuring(&self) -> bool {
+        self.config.isolation == Isolation::Contained
+    }
+
+    /// Fills in the per-handler part of a context.
+    fn prepare<E: Event>(&self, ctx: &mut HookContext, hook: &Hook<E>) {
+        ctx.hook = hook.meta().name();
+        ctx.timeout = self.timeout_of(hook);
+    }
+
+    /// Calls a plain `fn` handler with a [prepared](Self::prepare) context; `Err` if it failed (already
+    /// reported). With isolation, `clock` may hold the instant the call starts (read by the caller) and
+    /// is left at the instant it ended.
     fn call_sync<E: Event>(
         &self,
         index: usize,
         hook: &Hook<E>,
         event: &E,
-        ctx: &mut HookContext,
+        ctx: &HookContext,
+        clock: &mut Option<Instant>,
     ) -> Result<E::Output, Failure> {
         let Handler::Sync(f) = hook.handler() else { unreachable!("call_sync on an async hook") };
-        ctx.hook = hook.meta().name();
-        ctx.timeout = self.timeout_of(hook);
         let counters = self.counters::<E>(index);
         counters.calls.fetch_add(1, Ordering::Relaxed);
         let result = match self.config.isolation {
             Isolation::Off => f(event, ctx).map_err(Failure::Error),
             Isolation::Contained => {
-                let started = Instant::now();
+                let started = clock.unwrap_or_else(Instant::now);
                 let result = catch_unwind(AssertUnwindSafe(|| f(event, ctx)));
-                let elapsed = started.elapsed();
+                let ended = Instant::now();
+                *clock = Some(ended);
+                let elapsed = ended - started;
                 counters.nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
                 match result {
                     Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
@@ -424,12 +534,11 @@ impl Dispatcher {
         event: &E,
         ctx: &mut HookContext,
     ) -> Result<E::Output, Failure> {
+        self.prepare(ctx, hook);
         let f = match hook.handler() {
-            Handler::Sync(_) => return self.call_sync(index, hook, event, ctx),
+            Handler::Sync(_) => return self.call_sync(index, hook, event, ctx, &mut None),
             Handler::Async(f) => f,
         };
-        ctx.hook = hook.meta().name();
-        ctx.timeout = self.timeout_of(hook);
         let counters = self.counters::<E>(index);
         counters.calls.fetch_add(1, Ordering::Relaxed);
         let result = match self.config.isolation {
