@@ -1,27 +1,5 @@
 //! The SQLite store: sessions, their messages and the outbox in one database file.
-//!
-//! # Schema (version 1)
-//!
-//! - `sessions`: one row per session, `state` `open` or `closed`. A partial unique index on `key` where
-//!   `state = 'open'` makes "at most one open session per key" a database constraint, not a convention.
-//! - `transcript`: the messages of open sessions (deleted in the transaction that closes the session:
-//!   its `SessionEnd` in the outbox carries them from then on).
-//! - `outbox`: recorded events, `state` `pending` or `dead`; a delivered event's row is deleted.
-//! - `deliveries`: per event and handler, attempts and the last error, so a re-delivery skips the
-//!   handlers that already succeeded.
-//!
-//! The schema version is `PRAGMA user_version`. Opening a database runs the migrations it lacks; a
-//! database from a newer build, a damaged one, or a non-empty database that is not a session store
-//! is refused with a typed error ([`StoreError::NewerSchema`], [`StoreError::Corrupt`]) and never
-//! modified.
-//!
-//! # Threads and group commit
-//!
-//! SQLite calls block, so none runs on the async runtime: one dedicated writer thread owns the
-//! connection, and every store call is a job sent to it. The writer takes every job that is waiting
-//! (up to [`SqliteOptions::max_batch`]) and runs them in one transaction, each inside a savepoint so a
-//! refused job leaves no trace, then commits once and only then answers each caller. Under load many
-//! inputs share one disk flush; a caller is never told "done" before its data is durable.
+//! See [`SqliteStore`] for the schema, the threads and group commit.
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
@@ -176,7 +154,30 @@ struct Job {
     reply: oneshot::Sender<Result<AnyBox, StoreError>>,
 }
 
-/// A [`Store`] in one SQLite file (WAL mode), safe across crashes. See the [module docs](self).
+/// A [`Store`] in one SQLite file (WAL mode), safe across crashes.
+///
+/// # Schema (version 1)
+///
+/// - `sessions`: one row per session, `state` `open` or `closed`. A partial unique index on `key` where
+///   `state = 'open'` makes "at most one open session per key" a database constraint, not a convention.
+/// - `transcript`: the messages of open sessions (deleted in the transaction that closes the session:
+///   its `SessionEnd` in the outbox carries them from then on).
+/// - `outbox`: recorded events, `state` `pending` or `dead`; a delivered event's row is deleted.
+/// - `deliveries`: per event and handler, attempts and the last error, so a re-delivery skips the
+///   handlers that already succeeded.
+///
+/// The schema version is `PRAGMA user_version`. Opening a database runs the migrations it lacks; a
+/// database from a newer build, a damaged one, or a non-empty database that is not a session store
+/// is refused with a typed error ([`StoreError::NewerSchema`], [`StoreError::Corrupt`]) and never
+/// modified.
+///
+/// # Threads and group commit
+///
+/// SQLite calls block, so none runs on the async runtime: one dedicated writer thread owns the
+/// connection, and every store call is a job sent to it. The writer takes every job that is waiting
+/// (up to [`SqliteOptions::max_batch`]) and runs them in one transaction, each inside a savepoint so a
+/// refused job leaves no trace, then commits once and only then answers each caller. Under load many
+/// inputs share one disk flush; a caller is never told "done" before its data is durable.
 ///
 /// ```
 /// use hooks_core::store::{SqliteOptions, SqliteStore, Store};
