@@ -81,7 +81,10 @@ impl Default for DispatchConfig {
 
 #[derive(Debug, Default)]
 struct Counters {
-    calls: AtomicU64,
+    /// Deliveries of the handler's event in which it was not called (a command denied before its
+    /// turn, a re-delivery that skipped it): calls = the event's deliveries minus these. Counting
+    /// deliveries once per event instead of calls once per handler saves a locked instruction per call.
+    not_called: AtomicU64,
     errors: AtomicU64,
     panics: AtomicU64,
     timeouts: AtomicU64,
@@ -193,6 +196,8 @@ pub struct Dispatcher {
     state: Arc<State>,
     config: DispatchConfig,
     counters: Vec<Box<[Counters]>>,
+    /// Deliveries per event, indexed by `Event::INDEX`.
+    deliveries: Vec<AtomicU64>,
 }
 
 impl Dispatcher {
@@ -215,7 +220,8 @@ impl Dispatcher {
             counts[i] += 1;
         }
         let counters = counts.into_iter().map(|n| (0..n).map(|_| Counters::default()).collect()).collect();
-        Self { registry, state: Arc::new(state), config, counters }
+        let deliveries = EVENT_NAMES.iter().map(|_| AtomicU64::new(0)).collect();
+        Self { registry, state: Arc::new(state), config, counters, deliveries }
     }
 
     /// The registry it delivers from.
@@ -243,6 +249,7 @@ impl Dispatcher {
         let list = self.registry.hook_list::<E>();
         let hooks = list.as_slice();
         let ctx = self.context(event, attempt);
+        self.delivered::<E>();
         let failed = if list.all_sync() {
             self.deliver_sync(hooks, event, ctx)
         } else {
@@ -289,7 +296,6 @@ impl Dispatcher {
                 Handler::Async(f) => f,
             };
             let counters = self.counters::<E>(i);
-            counters.calls.fetch_add(1, Ordering::Relaxed);
             // Tokio's clock, so that timeouts follow paused time in tests like every tokio timer.
             let started = self.measuring().then(tokio::time::Instant::now);
             let mut future = f(event, ctx);
@@ -382,9 +388,11 @@ impl Dispatcher {
         skip: &[String],
     ) -> Vec<HandlerOutcome> {
         let ctx = self.context(event, attempt);
+        self.delivered::<E>();
         let calls = self.registry.hooks::<E>().iter().enumerate().filter_map(|(i, hook)| {
             let name = hook.meta().qualified_name();
             if skip.contains(&name) {
+                self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             let mut ctx = ctx.clone();
@@ -426,6 +434,7 @@ impl Dispatcher {
     pub async fn decide(&self, mut command: Command) -> Verdict {
         let hooks = self.registry.hooks::<Command>();
         let mut ctx = self.context(&command, 1);
+        self.delivered::<Command>();
         let mut failed = 0;
         for (i, hook) in hooks.iter().enumerate() {
             match self.call(i, hook, &command, &mut ctx).await {
@@ -433,6 +442,9 @@ impl Dispatcher {
                 Ok(CommandDecision::Allow) => {}
                 Ok(CommandDecision::Rewrite { text }) => command.text = text,
                 Ok(CommandDecision::Deny { message }) => {
+                    for later in i + 1..hooks.len() {
+                        self.counters::<Command>(later).not_called.fetch_add(1, Ordering::Relaxed);
+                    }
                     return Verdict::Denied { command, hook: hook.meta().name(), message };
                 }
             }
@@ -443,15 +455,15 @@ impl Dispatcher {
     /// Every handler's counters, events in catalogue order, handlers in call order.
     pub fn stats(&self) -> Vec<HandlerStats> {
         let metas = self.registry.metas();
-        let counters = self.counters.iter().flat_map(|c| c.iter());
+        let counters = self.counters.iter().enumerate().flat_map(|(event, c)| c.iter().map(move |c| (event, c)));
         metas
             .into_iter()
             .zip(counters)
-            .map(|(m, c)| HandlerStats {
+            .map(|(m, (event, c))| HandlerStats {
                 event: m.event(),
                 name: m.name(),
                 module_path: m.module_path(),
-                calls: c.calls.load(Ordering::Relaxed),
+                calls: self.deliveries[event].load(Ordering::Relaxed) - c.not_called.load(Ordering::Relaxed),
                 errors: c.errors.load(Ordering::Relaxed),
                 panics: c.panics.load(Ordering::Relaxed),
                 timeouts: c.timeouts.load(Ordering::Relaxed),
@@ -482,6 +494,10 @@ impl Dispatcher {
         &self.counters[E::INDEX][index]
     }
 
+    fn delivered<E: Event>(&self) {
+        self.deliveries[E::INDEX].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn measuring(&self) -> bool {
         self.config.isolation == Isolation::Contained
     }
@@ -505,7 +521,6 @@ impl Dispatcher {
     ) -> Result<E::Output, Failure> {
         let Handler::Sync(f) = hook.handler() else { unreachable!("call_sync on an async hook") };
         let counters = self.counters::<E>(index);
-        counters.calls.fetch_add(1, Ordering::Relaxed);
         let result = match self.config.isolation {
             Isolation::Off => f(event, ctx).map_err(Failure::Error),
             Isolation::Contained => {
@@ -540,7 +555,6 @@ impl Dispatcher {
             Handler::Async(f) => f,
         };
         let counters = self.counters::<E>(index);
-        counters.calls.fetch_add(1, Ordering::Relaxed);
         let result = match self.config.isolation {
             Isolation::Off => f(event, ctx).await.map_err(Failure::Error),
             Isolation::Contained => {
