@@ -37,83 +37,83 @@ fn hyphenated(n: u128) -> [u8; 36] {
     out
 }
 
-/// The unique id of one session: a UUID.
-///
-/// Ids made for live traffic are random (UUID v7, time ordered); replay makes them from a counter so that
-/// the same input gives the same output. Shown and serialized in the hyphenated UUID form.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SessionId(Uuid);
+/// The parts `SessionId` and `EventId` share: a UUID newtype with random (v7) and counter-made ids,
+/// shown and serialized in the hyphenated form.
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
 
-impl SessionId {
-    /// A new time-ordered random id (UUID v7), for live traffic.
-    pub fn new_random() -> Self {
-        Self(Uuid::now_v7())
-    }
+        impl $name {
+            /// A new time-ordered random id (UUID v7), for live traffic.
+            pub fn new_random() -> Self {
+                Self(Uuid::now_v7())
+            }
 
-    /// The id whose 128 bits are `n`; replay uses `1, 2, 3, …` so its output is reproducible.
-    pub const fn from_u128(n: u128) -> Self {
-        Self(Uuid::from_u128(n))
-    }
+            /// The id whose 128 bits are `n`; replay numbers ids `1, 2, 3, …` so its output is
+            /// reproducible.
+            pub const fn from_u128(n: u128) -> Self {
+                Self(Uuid::from_u128(n))
+            }
 
-    /// The id as a UUID.
-    pub const fn as_uuid(&self) -> &Uuid {
-        &self.0
-    }
+            /// The id as a UUID.
+            pub const fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
 
-    /// The id's 128 bits.
-    pub const fn as_u128(&self) -> u128 {
-        self.0.as_u128()
-    }
+            /// The id's 128 bits.
+            pub const fn as_u128(&self) -> u128 {
+                self.0.as_u128()
+            }
+
+            /// The hyphenated lower-case form (36 ASCII bytes), written without allocating or going
+            /// through `fmt`: for hot paths that serialize many ids.
+            pub fn hyphenated_bytes(&self) -> [u8; 36] {
+                hyphenated(self.0.as_u128())
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(id: Uuid) -> Self {
+                Self(id)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.hyphenated(), f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.0.hyphenated())
+            }
+        }
+    };
 }
 
-impl SessionId {
-    /// The hyphenated lower-case form (36 ASCII bytes), written without allocating or going through
-    /// `fmt`: for hot paths that serialize many ids.
-    pub fn hyphenated_bytes(&self) -> [u8; 36] {
-        hyphenated(self.0.as_u128())
-    }
+uuid_id! {
+    /// The unique id of one session: a UUID.
+    ///
+    /// Ids made for live traffic are random (UUID v7, time ordered); replay makes them from a counter so
+    /// that the same input gives the same output. Shown and serialized in the hyphenated UUID form.
+    SessionId
 }
 
-impl From<Uuid> for SessionId {
-    fn from(id: Uuid) -> Self {
-        Self(id)
-    }
+uuid_id! {
+    /// The stable id of one event: handlers use it to be idempotent.
+    ///
+    /// Emission is exactly once; delivery is at least once (a crash after commit and before delivery
+    /// delivers again on restart), and a re-delivered event carries the same `EventId`. The id of a
+    /// session's start and end events is derived from the session id ([`EventId::for_session`]), so it
+    /// is the same whichever process computes it.
+    EventId
 }
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0.hyphenated(), f)
-    }
-}
-
-impl fmt::Debug for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionId({})", self.0.hyphenated())
-    }
-}
-
-/// The stable id of one event: handlers use it to be idempotent.
-///
-/// Emission is exactly once; delivery is at least once (a crash after commit and before delivery
-/// delivers again on restart), and a re-delivered event carries the same `EventId`. The id of a
-/// session's start and end events is derived from the session id ([`EventId::for_session`]), so it is
-/// the same whichever process computes it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct EventId(Uuid);
 
 impl EventId {
-    /// A new time-ordered random id (UUID v7).
-    pub fn new_random() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    /// The id whose 128 bits are `n`.
-    pub const fn from_u128(n: u128) -> Self {
-        Self(Uuid::from_u128(n))
-    }
-
     /// The id of the event of kind `kind` that belongs to `session` (its start or its end).
     ///
     /// Deterministic: the same session and kind always give the same id, and different kinds of the
@@ -131,42 +131,17 @@ impl EventId {
         x ^= x >> 64;
         Self(Uuid::from_u128(x))
     }
-
-    /// The id as a UUID.
-    pub const fn as_uuid(&self) -> &Uuid {
-        &self.0
-    }
-}
-
-impl EventId {
-    /// The hyphenated lower-case form (36 ASCII bytes), written without allocating or going through
-    /// `fmt`: for hot paths that serialize many ids.
-    pub fn hyphenated_bytes(&self) -> [u8; 36] {
-        hyphenated(self.0.as_u128())
-    }
-}
-
-impl From<Uuid> for EventId {
-    fn from(id: Uuid) -> Self {
-        Self(id)
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0.hyphenated(), f)
-    }
-}
-
-impl fmt::Debug for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EventId({})", self.0.hyphenated())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_names_the_id_type() {
+        assert_eq!(format!("{:?}", SessionId::from_u128(1)), "SessionId(00000000-0000-0000-0000-000000000001)");
+        assert_eq!(format!("{:?}", EventId::from_u128(2)), "EventId(00000000-0000-0000-0000-000000000002)");
+    }
 
     #[test]
     fn hyphenated_bytes_match_the_uuid_display() {
