@@ -2,9 +2,9 @@
 //!
 //! `cargo bench -p gateway-example --bench store` generates a synthetic chat log (many chats, `/new`
 //! commands, idle gaps long enough to close sessions), replays it with the release binary as
-//! `replay --store memory` and `replay --store sqlite:PATH` (batch sizes 8, 64, 512; `synchronous`
+//! `replay --store memory` and `replay --store sqlite:PATH` (batch sizes 64 and 512; `synchronous`
 //! FULL and NORMAL), best of three runs each, and prints records, messages and closes per second
-//! and the ratio to the in-memory run. `STORE_BENCH_RECORDS` sets the input size (default 200,000).
+//! and the ratio to the in-memory run. `STORE_BENCH_RECORDS` sets the input size (default 50,000).
 //! Every durable run commits each batch before it delivers the batch's events, exactly as `serve`
 //! answers a message only after its commit.
 
@@ -86,7 +86,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let records: u64 = std::env::var("STORE_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let records: u64 = std::env::var("STORE_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("input.jsonl");
     input(&path, records);
@@ -108,7 +108,7 @@ fn main() {
         );
     };
     row("memory", &memory);
-    for (sync, batch) in [("full", 8), ("full", 64), ("full", 512), ("normal", 512)] {
+    for (sync, batch) in [("full", 64), ("full", 512), ("normal", 512)] {
         let run = replay(dir.path(), &path, Some((sync, batch)));
         assert_eq!(run.messages, memory.messages, "the durable replay routed a different number of messages");
         assert_eq!(run.closes, memory.closes, "the durable replay closed a different number of sessions");

@@ -89,6 +89,8 @@ pub async fn open_sqlite(path: &Path, options: SqliteOptions) -> Result<SqliteSt
 pub struct DurableReplay {
     store: SqliteStore,
     steps: Vec<Step>,
+    /// Deliveries of the last batch, recorded together with the next batch's commit.
+    unrecorded: Vec<(OutboxSeq, Vec<HandlerResult>)>,
     inputs: usize,
     batch: usize,
     /// Events recorded (session events and messages).
@@ -114,7 +116,15 @@ impl DurableReplay {
                 pending + dead
             );
         }
-        Ok(Self { store, steps: Vec::new(), inputs: 0, batch: batch.max(1), recorded: 0, dead_letters: 0 })
+        Ok(Self {
+            store,
+            steps: Vec::new(),
+            unrecorded: Vec::new(),
+            inputs: 0,
+            batch: batch.max(1),
+            recorded: 0,
+            dead_letters: 0,
+        })
     }
 
     /// Stages the engine's output: one step per close (a close and its successor's start: one rotate).
@@ -150,8 +160,9 @@ impl DurableReplay {
         if self.inputs >= self.batch { self.flush(dispatcher).await } else { Ok(()) }
     }
 
-    /// Commits the staged steps in one transaction, delivers what was recorded in order, and records
-    /// the deliveries (in one more transaction).
+    /// Commits the staged steps in one transaction, delivers what was recorded in order, and keeps
+    /// the deliveries to record them with the next commit (or [`finish`](Self::finish)): a crash in
+    /// between only delivers those events again, with the same ids.
     ///
     /// # Errors
     ///
@@ -162,39 +173,54 @@ impl DurableReplay {
         if steps.is_empty() {
             return Ok(());
         }
-        let outcomes = self.store.apply(steps.clone()).await.context("the session store failed")?;
-        let mut delivered: Vec<(OutboxSeq, Vec<HandlerResult>)> = Vec::new();
+        let done = std::mem::take(&mut self.unrecorded);
+        let records = delivery_records(&done);
+        // Both jobs reach the store's writer together, so they usually share one transaction.
+        let (outcomes, recorded) =
+            tokio::join!(self.store.apply(steps.clone()), self.store.record_deliveries(&records));
+        recorded.context("recording deliveries")?;
+        let outcomes = outcomes.context("the session store failed")?;
         for (step, outcome) in steps.into_iter().zip(outcomes) {
-            for (seq, event) in recorded(step, outcome)? {
+            for (seq, event) in recorded_events(step, outcome)? {
                 let results: Vec<HandlerResult> = dispatcher
                     .deliver_any_detailed(&event, 1, &[])
                     .await
                     .into_iter()
                     .map(|o| HandlerResult { handler: o.hook, error: o.error })
                     .collect();
-                delivered.push((seq, results));
+                self.unrecorded.push((seq, results));
             }
         }
-        self.recorded += delivered.len() as u64;
-        // Submitted together, the records share one transaction on the store's writer thread.
-        let records: Vec<DeliveryRecord<'_>> = delivered
-            .iter()
-            .map(|(seq, results)| {
-                let dead = results.iter().any(|r| r.error.is_some());
-                DeliveryRecord { seq: *seq, attempt: 1, results, dead }
-            })
-            .collect();
-        self.dead_letters += records.iter().filter(|r| r.dead).count() as u64;
-        let writes = records.iter().map(|r| self.store.record_delivery(r));
-        for result in futures::future::join_all(writes).await {
-            result.context("recording deliveries")?;
-        }
+        self.recorded += self.unrecorded.len() as u64;
+        self.dead_letters += self.unrecorded.iter().filter(|(_, r)| r.iter().any(|h| h.error.is_some())).count() as u64;
+        Ok(())
+    }
+
+    /// Commits what is staged and records the last deliveries.
+    ///
+    /// # Errors
+    ///
+    /// The store failed.
+    pub async fn finish(&mut self, dispatcher: &Dispatcher) -> Result<()> {
+        self.flush(dispatcher).await?;
+        let done = std::mem::take(&mut self.unrecorded);
+        self.store.record_deliveries(&delivery_records(&done)).await.context("recording deliveries")?;
         Ok(())
     }
 }
 
+/// One attempt each; a failed delivery is a dead letter at once (replay does not retry).
+fn delivery_records(done: &[(OutboxSeq, Vec<HandlerResult>)]) -> Vec<DeliveryRecord<'_>> {
+    done.iter()
+        .map(|(seq, results)| {
+            let dead = results.iter().any(|r| r.error.is_some());
+            DeliveryRecord { seq: *seq, attempt: 1, results, dead }
+        })
+        .collect()
+}
+
 /// The events a committed step recorded, with their outbox positions.
-fn recorded(step: Step, outcome: Result<StepOutcome, StoreError>) -> Result<Vec<(OutboxSeq, AnyEvent)>> {
+fn recorded_events(step: Step, outcome: Result<StepOutcome, StoreError>) -> Result<Vec<(OutboxSeq, AnyEvent)>> {
     Ok(match (step, outcome?) {
         (Step::Open(start), StepOutcome::Opened(OpenOutcome::Opened { start: seq })) => {
             vec![(seq, AnyEvent::SessionStart(start))]

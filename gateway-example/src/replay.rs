@@ -282,7 +282,9 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
     let before = r.engine.open_sessions() as u64;
     r.engine.shutdown(end, &mut r.out);
     r.deliver_pending().await;
-    r.flush().await?;
+    if let Some(d) = &mut r.durable {
+        d.finish(r.dispatcher).await?;
+    }
     let mut shutdown = GatewayShutdown::new(end, before);
     shutdown.event_id = line_event_id(KIND_GATEWAY, u64::MAX);
     dispatcher.deliver(&shutdown).await;

@@ -318,6 +318,11 @@ impl SqliteStore {
             return Err(StoreError::Backend(format!("could not switch {} to WAL (got {mode})", path.display()).into()));
         }
         conn.pragma_update(None, "synchronous", options.synchronous.pragma()).map_err(classify)?;
+        // Each job of a group commit runs in a savepoint; its undo journal is small and short-lived, so
+        // keep it (and other temporary data) in memory rather than in a temporary file.
+        conn.pragma_update(None, "temp_store", "MEMORY").map_err(classify)?;
+        // A 32 MiB page cache (negative: KiB) keeps the hot tables' pages between group commits.
+        conn.pragma_update(None, "cache_size", -32_768).map_err(classify)?;
         if let Some(pages) = options.max_pages {
             let pages = i64::try_from(pages).unwrap_or(i64::MAX);
             let _: i64 =
@@ -413,6 +418,30 @@ impl SqliteStore {
                 }
             };
             Ok(moved as u64)
+        })
+        .await
+    }
+
+    /// Records several delivery attempts in one job (one transaction), as
+    /// [`Store::record_delivery`] records one.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures: then none was recorded.
+    pub async fn record_deliveries(&self, records: &[DeliveryRecord<'_>]) -> Result<(), StoreError> {
+        type Owned = (i64, i64, Vec<(String, Option<String>)>, bool);
+        let owned: Vec<Owned> = records
+            .iter()
+            .map(|r| {
+                let results = r.results.iter().map(|h| (h.handler.clone(), h.error.clone())).collect();
+                (r.seq.0 as i64, i64::from(r.attempt), results, r.dead)
+            })
+            .collect();
+        self.call(move |conn| {
+            for (seq, attempt, results, dead) in &owned {
+                record_delivery(conn, *seq, *attempt, results, *dead)?;
+            }
+            Ok(())
         })
         .await
     }
@@ -776,9 +805,12 @@ fn record_delivery(
 ) -> Result<(), StoreError> {
     let failed: Vec<String> = results.iter().filter_map(|(h, e)| e.as_ref().map(|e| format!("{h}: {e}"))).collect();
     if failed.is_empty() {
-        conn.prepare_cached("DELETE FROM deliveries WHERE seq = ?1")
-            .and_then(|mut s| s.execute([seq]))
-            .map_err(classify)?;
+        // Per-handler rows exist only after a failed attempt, so a first attempt has none to delete.
+        if attempt != 1 {
+            conn.prepare_cached("DELETE FROM deliveries WHERE seq = ?1")
+                .and_then(|mut s| s.execute([seq]))
+                .map_err(classify)?;
+        }
         conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")
             .and_then(|mut s| s.execute([seq]))
             .map_err(classify)?;
