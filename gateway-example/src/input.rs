@@ -78,6 +78,12 @@ impl LineError {
     }
 }
 
+/// Whether `text` goes to the command hooks first: after leading white space it starts with `/`.
+/// (Which commands reset a session is the lifecycle's rule, `lifecycle::parse_reset_command`.)
+pub fn is_command(text: &str) -> bool {
+    text.trim_start().starts_with('/')
+}
+
 /// Parses one line (without its line terminator).
 ///
 /// # Errors

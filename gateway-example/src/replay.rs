@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::durable::{DurableOptions, DurableReplay, open_sqlite};
 use crate::hooks::metrics::{Metrics, MetricsSnapshot};
-use crate::input::{Line, LineError, parse_line};
+use crate::input::{Line, LineError, is_command, parse_line};
 
 /// What to replay and how.
 #[derive(Debug, Clone)]
@@ -107,11 +107,6 @@ fn line_event_id(kind: u8, line: u64) -> EventId {
 const KIND_MESSAGE: u8 = 1;
 const KIND_COMMAND: u8 = 2;
 const KIND_GATEWAY: u8 = 3;
-
-/// Whether `text` is a command for the command hooks: after leading white space it starts with `/`.
-fn is_command(text: &str) -> bool {
-    text.trim_start().starts_with('/')
-}
 
 struct Replayer<'a> {
     engine: Engine,

@@ -44,7 +44,7 @@ use crate::agent::{Agent, EchoAgent, Turn};
 use crate::config::SessionScope;
 use crate::durable::{StoreSpec, open_sqlite};
 use crate::hooks::metrics::Metrics;
-use crate::input::{LineError, Record, parse_message_body, parse_telegram_update};
+use crate::input::{LineError, Record, is_command, parse_message_body, parse_telegram_update};
 
 /// The header Telegram sends with the webhook's secret token.
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
@@ -226,7 +226,7 @@ impl<A: Agent> App<A> {
     async fn handle(&self, rec: Record<'_>) -> Result<Handled, ApiError> {
         let key = self.scope.key(&rec.platform, &rec.chat_id, &rec.user_id);
         let mut text = rec.text.into_owned();
-        if text.trim_start().starts_with('/') {
+        if is_command(&text) {
             let open = self.runtime.open_session(key.clone()).await?;
             let command = Command::new(EventId::new_random(), open, key.clone(), &*rec.user_id, Timestamp::now(), text);
             match self.dispatcher.decide(command).await {
