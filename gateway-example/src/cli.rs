@@ -351,6 +351,7 @@ fn hook_state(settings: &crate::config::Settings, audit: Arc<AuditLog>) -> Resul
     let mut state = State::new();
     state.insert(Metrics::default());
     state.insert(audit);
+    state.insert(crate::hooks::policy::CommandPolicy { denied: settings.deny_commands.clone() });
     if let Some(dir) = &settings.memory_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating --memory-dir {}", dir.display()))?;
         state.insert(gateway_plugin_memory::MemoryDir(dir.clone()));

@@ -12,6 +12,7 @@
 //! audit = "all"               # all | sessions
 //! events_out = "events.jsonl"
 //! memory_dir = "memory"
+//! deny_commands = ["reset"]  # the command policy hook denies these
 //! listen = "127.0.0.1:8080"   # serve only
 //! data_dir = "data"           # serve only
 //! telegram_secret = "s3cret"  # serve only
@@ -106,6 +107,11 @@ pub struct SessionArgs {
     #[arg(long, value_name = "DIR")]
     pub memory_dir: Option<PathBuf>,
 
+    /// Deny this command (name without the slash, e.g. `reset`); the user is told and nothing is
+    /// routed. Repeat for several.
+    #[arg(long = "deny-command", value_name = "NAME")]
+    pub deny_commands: Vec<String>,
+
     /// Read settings from this TOML file; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -133,6 +139,8 @@ pub struct FileConfig {
     pub events_out: Option<PathBuf>,
     /// See [`SessionArgs::memory_dir`].
     pub memory_dir: Option<PathBuf>,
+    /// See [`SessionArgs::deny_commands`]; flags add to this list.
+    pub deny_commands: Option<Vec<String>>,
     /// `serve`: the address to listen on.
     pub listen: Option<String>,
     /// `serve`: the data directory.
@@ -168,6 +176,8 @@ pub struct Settings {
     pub audit: AuditLevel,
     /// The memory plugin's directory, if enabled.
     pub memory_dir: Option<PathBuf>,
+    /// Commands the command policy hook denies.
+    pub deny_commands: Vec<String>,
 }
 
 impl SessionArgs {
@@ -211,6 +221,13 @@ impl SessionArgs {
             scope: self.session_scope.or(file.session_scope).unwrap_or_default(),
             audit: self.audit.or(file.audit).unwrap_or_default(),
             memory_dir: self.memory_dir.clone().or(file.memory_dir.clone()),
+            deny_commands: file
+                .deny_commands
+                .iter()
+                .flatten()
+                .chain(&self.deny_commands)
+                .map(|c| c.trim_start_matches('/').to_owned())
+                .collect(),
         };
         Ok((settings, file))
     }

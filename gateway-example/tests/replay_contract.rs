@@ -320,3 +320,22 @@ fn the_same_input_gives_the_same_events_file() {
     let b = replay(&input, &[]);
     assert_eq!(a.events, b.events);
 }
+
+#[test]
+fn a_command_denied_by_a_hook_is_not_routed_and_does_not_rotate() {
+    let input =
+        [rec("00:00:00", "c", "u", "hi"), rec("00:01:00", "c", "u", "/reset"), rec("00:02:00", "c", "u", "/new")];
+    let run = replay(&lines(&input), &["--deny-command", "reset"]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    assert_eq!(
+        run.sessions(),
+        [
+            "start s1 00:00:00 c u message -",
+            "end s1 00:02:00 c u user_new 1 00:00:00",
+            "start s2 00:02:00 c u command s1",
+            "end s2 00:02:00 c u shutdown 1 00:02:00",
+        ]
+    );
+    assert_eq!(run.summary["commands_denied"], 1);
+    assert_eq!(run.summary["records"], 2);
+}

@@ -225,3 +225,24 @@ fn sigterm_ends_every_open_session_before_exit() {
         events.iter().filter(|e| e["chat_id"] == "a").map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["session_start", "message_received", "agent_turn_start", "agent_turn_end", "session_end"]);
 }
+
+#[test]
+fn a_denied_command_is_answered_and_not_routed() {
+    let mut gw = Gateway::start(&["--deny-command", "reset"]);
+    let msg = |text: &str| json!({"chat_id": "room", "user_id": "ann", "text": text});
+    let (_, first) = gw.post_json("/v1/messages", &msg("hello"), &[]);
+    let s1 = first["session_id"].as_str().unwrap().to_owned();
+    let (status, denied) = gw.post_json("/v1/messages", &msg("/reset@Bot now"), &[]);
+    assert_eq!(status, 200);
+    assert_eq!(denied["denied"], true);
+    assert_eq!(denied["reply"], "The /reset command is disabled on this gateway.");
+    assert_eq!(denied["session_id"], s1.as_str(), "the session is untouched");
+    let (_, new) = gw.post_json("/v1/messages", &msg("/new"), &[]);
+    assert_ne!(new["session_id"], s1.as_str(), "other commands still run");
+
+    let (ok, _, events) = gw.stop();
+    assert!(ok);
+    let first_end = events.iter().find(|e| e["event"] == "session_end" && e["session_id"] == s1.as_str()).unwrap();
+    assert_eq!((first_end["reason"].as_str(), first_end["message_count"].as_u64()), (Some("user_new"), Some(1)));
+    assert_eq!(events.iter().filter(|e| e["event"] == "command").count(), 2, "both commands were seen by the hooks");
+}

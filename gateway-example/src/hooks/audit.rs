@@ -218,8 +218,9 @@ fn audit_message(ev: &MessageReceived, ctx: &HookContext) -> Result<(), HookErro
     })
 }
 
-/// Runs last among the command hooks, so it records the command as the other hooks rewrote it.
-#[hook(command, priority = 1000)]
+/// Runs first among the command hooks: a denial stops the hooks after it, and an audit log must
+/// record denied commands too. It records the command as received, before any rewrite.
+#[hook(command, priority = -1000)]
 fn audit_command(ev: &Command, ctx: &HookContext) -> Result<(), HookError> {
     audit_log!(ctx).write(true, |b| {
         head(b, "command", ev.event_id);
