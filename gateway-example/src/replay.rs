@@ -266,7 +266,7 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
                 }
             }
         }
-        if line_no % 16_384 == 0 {
+        if line_no.is_multiple_of(16_384) {
             progress.set_position(bytes_read);
         }
     }

@@ -117,7 +117,7 @@ struct Ledger {
 fn cycle(dir: &Path, n: usize, rng: &mut Rng, ledger: &Arc<Mutex<Ledger>>) -> &'static str {
     let failpoint = match n % 3 {
         0 => Some(format!("after_commit_before_delivery:{}", 1 + rng.below(20))),
-        1 if n % 2 == 0 => Some(format!("after_delivery_before_record:{}", 1 + rng.below(30))),
+        1 if n.is_multiple_of(2) => Some(format!("after_delivery_before_record:{}", 1 + rng.below(30))),
         _ => None,
     };
     let kill_after = Duration::from_millis(20 + rng.below(250));

@@ -315,15 +315,14 @@ fn check_signature(func: &ItemFn, event: Option<&'static EventInfo>, errors: &mu
             format!("a hook takes one or two arguments, found {}\n= note: {note}", sig.inputs.len()),
         ));
     }
-    if let (Some(ev), Some(ctx)) = (&event_ty, &ctx_ty) {
-        if last_segment(ev).as_deref() == Some("HookContext")
-            && event.is_some_and(|e| last_segment(ctx).as_deref() == Some(e.ty))
-        {
-            fail(syn::Error::new_spanned(
-                &sig.inputs,
-                format!("the arguments are swapped: the event comes first, the context second\n= note: {note}"),
-            ));
-        }
+    if let (Some(ev), Some(ctx)) = (&event_ty, &ctx_ty)
+        && last_segment(ev).as_deref() == Some("HookContext")
+        && event.is_some_and(|e| last_segment(ctx).as_deref() == Some(e.ty))
+    {
+        fail(syn::Error::new_spanned(
+            &sig.inputs,
+            format!("the arguments are swapped: the event comes first, the context second\n= note: {note}"),
+        ));
     }
 
     let output = match &sig.output {
@@ -331,17 +330,14 @@ fn check_signature(func: &ItemFn, event: Option<&'static EventInfo>, errors: &mu
         ReturnType::Type(_, ty) => {
             if let Some(span) = impl_trait_span(ty) {
                 fail(error(span, "a hook cannot return `impl Trait`: name the return type", expected_output(event)));
-            } else if let (Some(event), Some(decision)) = (event, decision_in(ty)) {
-                if event.decision != Some(decision.as_str()) {
-                    fail(error(
-                        ty.span(),
-                        format!("`{}` is an observer event: its hooks cannot return `{decision}`", event.name),
-                        format!(
-                            "only decision events (`command`) may return a decision; {}",
-                            expected_output(Some(event))
-                        ),
-                    ));
-                }
+            } else if let (Some(event), Some(decision)) = (event, decision_in(ty))
+                && event.decision != Some(decision.as_str())
+            {
+                fail(error(
+                    ty.span(),
+                    format!("`{}` is an observer event: its hooks cannot return `{decision}`", event.name),
+                    format!("only decision events (`command`) may return a decision; {}", expected_output(Some(event))),
+                ));
             }
             Some((**ty).clone())
         }
@@ -408,12 +404,11 @@ fn decision_in(ty: &Type) -> Option<String> {
     if events::decision_types().any(|d| d == name) {
         return Some(name);
     }
-    if name == "Result" {
-        if let PathArguments::AngleBracketed(args) = &last.arguments {
-            if let Some(syn::GenericArgument::Type(ok)) = args.args.first() {
-                return decision_in(ok);
-            }
-        }
+    if name == "Result"
+        && let PathArguments::AngleBracketed(args) = &last.arguments
+        && let Some(syn::GenericArgument::Type(ok)) = args.args.first()
+    {
+        return decision_in(ok);
     }
     None
 }
