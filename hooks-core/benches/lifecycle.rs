@@ -118,6 +118,33 @@ fn bench_message(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same message, but to a working set of 1,000 active keys while `n` sessions are open: real
+/// traffic has such locality, and holding the working set fixed separates what the number of open
+/// sessions costs the engine from what a cache-cold random key costs the memory system.
+fn bench_message_hot(c: &mut Criterion) {
+    let mut group = c.benchmark_group("message_to_open_session_hot_1000");
+    group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    for &n in &SIZES {
+        let keys = keys(n);
+        let (mut engine, mut t, _) = populated(&keys, false);
+        // Every (n / 1000)-th key: the active sessions are spread over the whole table and slab.
+        let hot: Vec<SessionKey> = keys.iter().step_by(n / 1000).take(1000).cloned().collect();
+        drop(keys);
+        let mut out = Vec::new();
+        let mut i = 0usize;
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                i = (i + 7) % hot.len();
+                t += SignedDuration::from_nanos(1);
+                let r = engine.message(&hot[i], "42", "hello", t, &mut out);
+                out.clear();
+                black_box(r)
+            })
+        });
+    }
+    group.finish();
+}
+
 fn bench_expiry(c: &mut Criterion) {
     let mut group = c.benchmark_group("one_idle_expiry");
     group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
@@ -153,5 +180,5 @@ fn bench_expiry(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_message, bench_expiry);
+criterion_group!(benches, bench_message, bench_message_hot, bench_expiry);
 criterion_main!(benches);
