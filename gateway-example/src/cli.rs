@@ -201,7 +201,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -218,7 +219,7 @@ fn run(cli: Cli) -> Result<()> {
         vec!["gateway_example::hooks::audit::audit_session_start", "gateway_example::hooks::audit::audit_session_end"];
     expected.extend_from_slice(gateway_plugin_memory::HOOKS);
     registry.require(&expected)?;
-    tracing::info!(hooks = registry.len(), "hooks linked");
+    tracing::info!(count = registry.len(), hooks = %registry.describe(), "hooks linked");
 
     match cli.command {
         Cmd::Hooks { json } => print_hooks(registry, json),

@@ -389,6 +389,20 @@ impl Registry {
         E::__hooks(self)
     }
 
+    /// Every hook on one line, for a start-up log: `event: module::name (priority P[, timeout T])`,
+    /// separated by `; `, events in catalogue order, hooks in call order.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .metas()
+            .into_iter()
+            .map(|m| {
+                let timeout = m.timeout().map(|t| format!(", timeout {t:?}")).unwrap_or_default();
+                format!("{}: {} (priority {}{timeout})", m.event(), m.qualified_name(), m.priority())
+            })
+            .collect();
+        parts.join("; ")
+    }
+
     /// The number of hooks over all events.
     pub fn len(&self) -> usize {
         self.metas().len()

@@ -98,3 +98,17 @@ fn require_names_a_missing_hook_and_the_use_remedy() {
     assert!(message.contains("memory_plugin::flush"), "{message}");
     assert!(message.contains("`use memory_plugin as _;`"), "{message}");
 }
+
+#[test]
+fn describe_lists_every_hook_on_one_line() {
+    let registry = hooks_core::registry::Registry::from_inventory();
+    let line = registry.describe();
+    assert!(!line.contains('\n'));
+    assert_eq!(line.split("; ").count(), registry.len());
+    for meta in registry.metas() {
+        assert!(
+            line.contains(&format!("{}: {} (priority {}", meta.event(), meta.qualified_name(), meta.priority())),
+            "{line}"
+        );
+    }
+}
