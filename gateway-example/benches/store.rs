@@ -42,8 +42,20 @@ fn input(path: &Path, records: u64) {
     std::fs::write(path, out).unwrap();
 }
 
+/// CPU seconds (user + system) used so far by this process's waited-for children, from
+/// `/proc/self/stat` (Linux; 0 elsewhere). The wall time of a durable run depends on the disk's flush
+/// latency, which other work on the machine skews; CPU time per record does not.
+fn children_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    // After the command name: state is field 3, cutime 16 and cstime 17 (1-based in proc(5)).
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(16) + ticks(17)) / 100.0
+}
+
 struct Run {
     records_per_second: f64,
+    cpu: f64,
     messages: u64,
     closes: u64,
     wall: f64,
@@ -63,13 +75,16 @@ fn replay(dir: &Path, input: &Path, store: Option<(&str, usize)>) -> Run {
             cmd.arg("--store").arg(format!("sqlite:{}", db.display()));
             cmd.args(["--synchronous", sync, "--batch", &batch.to_string()]);
         }
+        let cpu_before = children_cpu();
         let out = cmd.output().unwrap();
+        let cpu = children_cpu() - cpu_before;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let s: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
         let m = &s["metrics"];
         let closes = m["closed"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
         let run = Run {
             records_per_second: s["records_per_second"].as_f64().unwrap(),
+            cpu,
             messages: m["messages"].as_u64().unwrap(),
             closes,
             wall: s["wall_seconds"].as_f64().unwrap(),
@@ -92,19 +107,21 @@ fn main() {
     input(&path, records);
     println!("replay of {records} records (2,000 chats, /new in 1 of 25 messages), best of 3");
     println!(
-        "{:<28} {:>12} {:>12} {:>12} {:>9} {:>8}",
-        "store", "records/s", "messages/s", "closes/s", "wall s", "vs mem"
+        "{:<26} {:>10} {:>11} {:>9} {:>7} {:>7} {:>7} {:>8}",
+        "store", "records/s", "messages/s", "closes/s", "wall s", "vs mem", "cpu s", "cpu/mem"
     );
     let memory = replay(dir.path(), &path, None);
     let row = |name: &str, r: &Run| {
         println!(
-            "{:<28} {:>12.0} {:>12.0} {:>12.0} {:>9.2} {:>7.0}%",
+            "{:<26} {:>10.0} {:>11.0} {:>9.0} {:>7.2} {:>6.1}% {:>7.2} {:>7.1}x",
             name,
             r.records_per_second,
             r.messages as f64 / r.wall,
             r.closes as f64 / r.wall,
             r.wall,
-            100.0 * r.records_per_second / memory.records_per_second
+            100.0 * r.records_per_second / memory.records_per_second,
+            r.cpu,
+            r.cpu / memory.cpu.max(0.01)
         );
     };
     row("memory", &memory);

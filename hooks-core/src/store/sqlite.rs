@@ -289,6 +289,8 @@ impl SqliteStore {
             return Err(StoreError::ReadOnly { detail: format!("{} can only be opened read-only", path.display()) });
         }
         conn.busy_timeout(options.busy_timeout).map_err(classify)?;
+        // Every hot statement stays prepared (the default cache of 16 is smaller than the store's set).
+        conn.set_prepared_statement_cache_capacity(64);
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { path: path.to_owned(), found: version, supported: SCHEMA_VERSION });
