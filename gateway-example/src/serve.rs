@@ -256,7 +256,9 @@ impl<A: Agent> App<A> {
             TurnOutcome::Error { .. } => "Sorry, the agent failed to answer. Please try again.".to_owned(),
         };
         let end = AgentTurnEnd::new(EventId::new_random(), sid, key.clone(), started, Timestamp::now(), outcome);
-        self.runtime.emit(key, end)?;
+        // Answer only once the message's events are committed: an answered message is never missing
+        // its `message_received` or agent turn after a crash.
+        self.runtime.emit_committed(key, end).await?;
         Ok(Handled { session_id: Some(sid), reply, denied: false, opened: routed.opened })
     }
 

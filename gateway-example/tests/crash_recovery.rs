@@ -6,7 +6,8 @@
 //! - every session has exactly one `session_end` (re-deliveries repeat the same event id and content);
 //! - every handler saw every event: the audit hook wrote every session event, the memory plugin wrote
 //!   every closed session's file;
-//! - every accepted message (HTTP 200) is counted in exactly one session, the one its reply named;
+//! - every accepted message (HTTP 200) is counted in exactly one session, the one its reply named, and
+//!   its `message_received` event was delivered;
 //! - per key, session events were delivered in order (each end before the next start, linked by
 //!   `previous_session_id`), and a re-delivered event never jumps ahead of a later one.
 
@@ -312,6 +313,22 @@ fn check(events: &[Value], ledger: &Ledger, memory: &Path) {
     }
     for (msg, sid) in &ledger.accepted {
         assert_eq!(found.get(msg), Some(sid), "accepted message {msg:?} is not in its session {sid}");
+    }
+    // An answered message had all its events committed before the answer: its `message_received`
+    // reached the audit hook even if the process died right after answering.
+    let mut received: HashMap<&str, usize> = HashMap::new();
+    for e in &unique {
+        if e["event"] == "message_received" {
+            *received.entry(e["session_id"].as_str().unwrap()).or_default() += 1;
+        }
+    }
+    let mut answered: HashMap<&str, usize> = HashMap::new();
+    for sid in ledger.accepted.values() {
+        *answered.entry(sid.as_str()).or_default() += 1;
+    }
+    for (sid, n) in &answered {
+        let got = received.get(sid).copied().unwrap_or(0);
+        assert!(got >= *n, "{sid}: {n} answered messages but {got} message_received events");
     }
     for msg in found.keys() {
         assert!(

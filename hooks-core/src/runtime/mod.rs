@@ -218,6 +218,8 @@ enum Cmd {
     Emit {
         key: SessionKey,
         event: AnyEvent,
+        /// Answered once the event is committed (for [`RuntimeHandle::emit_committed`]).
+        committed: Option<oneshot::Sender<Result<(), RuntimeError>>>,
     },
     OpenSession {
         key: SessionKey,
@@ -319,7 +321,25 @@ impl RuntimeHandle {
         if matches!(event, AnyEvent::SessionStart(_) | AnyEvent::SessionEnd(_)) {
             return Err(RuntimeError::LifecycleEvent(event.name()));
         }
-        self.tx.send(Cmd::Emit { key, event }).map_err(|_| RuntimeError::ShuttingDown)
+        self.tx.send(Cmd::Emit { key, event, committed: None }).map_err(|_| RuntimeError::ShuttingDown)
+    }
+
+    /// [`emit`](Self::emit), and waits until the event is committed to the store (with a durable
+    /// store: it will be delivered even if the process dies now). Since inputs are committed in order,
+    /// every input sent before this call is committed too: a gateway awaits its last event of a message
+    /// before it answers, so an answered message has all its events recorded.
+    ///
+    /// # Errors
+    ///
+    /// As [`emit`](Self::emit); [`RuntimeError::Store`] if the store failed to record it.
+    pub async fn emit_committed(&self, key: SessionKey, event: impl Into<AnyEvent>) -> Result<(), RuntimeError> {
+        let event = event.into();
+        if matches!(event, AnyEvent::SessionStart(_) | AnyEvent::SessionEnd(_)) {
+            return Err(RuntimeError::LifecycleEvent(event.name()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Emit { key, event, committed: Some(reply) }).map_err(|_| RuntimeError::ShuttingDown)?;
+        rx.await.map_err(|_| RuntimeError::ShuttingDown)?
     }
 
     /// The open session of `key`, if any.
@@ -429,6 +449,7 @@ impl Runtime {
             steps: Vec::new(),
             keys: Vec::new(),
             replies: Vec::new(),
+            committed: Vec::new(),
             failed: false,
         };
         let task = tokio::spawn(actor.run());
@@ -505,6 +526,8 @@ struct Actor {
     steps: Vec<Step>,
     keys: Vec<Option<SessionKey>>,
     replies: Vec<Reply>,
+    /// Emitters waiting for the batch's commit.
+    committed: Vec<oneshot::Sender<Result<(), RuntimeError>>>,
     /// A store failure stopped the runtime: the engine no longer matches the store.
     failed: bool,
 }
@@ -576,13 +599,19 @@ impl Actor {
                 self.keys.push(None);
                 self.replies.push((reply, routed));
             }
-            Cmd::Emit { key, event } => {
+            Cmd::Emit { key, event, committed } => {
                 if self.failed {
                     tracing::warn!(%key, event = event.name(), "the store failed; dropping an emitted event");
+                    if let Some(reply) = committed {
+                        let _ = reply.send(Err(self.failure()));
+                    }
                     return;
                 }
                 self.steps.push(Step::Record(event));
                 self.keys.push(Some(key));
+                if let Some(reply) = committed {
+                    self.committed.push(reply);
+                }
             }
             Cmd::OpenSession { key, reply } => {
                 let _ = reply.send(self.engine.open_session(&key));
@@ -683,12 +712,16 @@ impl Actor {
         let steps = std::mem::take(&mut self.steps);
         let keys = std::mem::take(&mut self.keys);
         let replies = std::mem::take(&mut self.replies);
+        let committed = std::mem::take(&mut self.committed);
         if !steps.is_empty() {
             let outcomes = match self.shared.store.apply(steps.clone()).await {
                 Ok(outcomes) => outcomes,
                 Err(error) => {
                     self.fail(error.to_string());
                     for (reply, _) in replies {
+                        let _ = reply.send(Err(self.failure()));
+                    }
+                    for reply in committed {
                         let _ = reply.send(Err(self.failure()));
                     }
                     self.publish();
@@ -699,6 +732,9 @@ impl Actor {
             for ((step, key), outcome) in steps.into_iter().zip(keys).zip(outcomes) {
                 self.settle(step, key, outcome);
             }
+        }
+        for reply in committed {
+            let _ = reply.send(Ok(()));
         }
         for (reply, routed) in replies {
             // The caller may have given up waiting; the message was routed all the same.
