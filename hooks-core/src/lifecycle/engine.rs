@@ -507,6 +507,13 @@ impl Engine {
             transcript: VecDeque::new(),
             truncated: false,
         };
+        let slot = self.place(hash, session);
+        self.stats.opened += 1;
+        slot
+    }
+
+    /// Puts `session` (whose key hashes to `hash`) in a free slot and indexes it; returns the slot.
+    fn place(&mut self, hash: u64, session: Session) -> u32 {
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some(session);
@@ -520,7 +527,6 @@ impl Engine {
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index
             .insert_unique(hash, slot, |&s| slots[s as usize].as_ref().map_or(0, |sess| hasher.hash_one(&sess.key)));
-        self.stats.opened += 1;
         slot
     }
 

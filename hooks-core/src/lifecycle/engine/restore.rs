@@ -88,20 +88,7 @@ impl Engine {
                 transcript,
                 truncated,
             };
-            let slot = match self.free.pop() {
-                Some(slot) => {
-                    self.slots[slot as usize] = Some(session);
-                    slot
-                }
-                None => {
-                    self.slots.push(Some(session));
-                    u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 open sessions")
-                }
-            };
-            let (slots, hasher) = (&self.slots, &self.hasher);
-            self.index.insert_unique(hash, slot, |&x| {
-                slots[x as usize].as_ref().map_or(0, |sess| hasher.hash_one(&sess.key))
-            });
+            let slot = self.place(hash, session);
             let due = self.due_of(deadline);
             self.timers.push(Timer { due, seq, slot });
             restored += 1;
