@@ -389,15 +389,23 @@ impl Registry {
         E::__hooks(self)
     }
 
-    /// Every hook on one line, for a start-up log: `event: module::name (priority P[, timeout T])`,
-    /// separated by `; `, events in catalogue order, hooks in call order.
+    /// Every hook on one line, for a start-up log:
+    /// `event: module::name (priority P[, timeout T]) at file:line`, separated by `; `, events in
+    /// catalogue order, hooks in call order.
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self
             .metas()
             .into_iter()
             .map(|m| {
                 let timeout = m.timeout().map(|t| format!(", timeout {t:?}")).unwrap_or_default();
-                format!("{}: {} (priority {}{timeout})", m.event(), m.qualified_name(), m.priority())
+                format!(
+                    "{}: {} (priority {}{timeout}) at {}:{}",
+                    m.event(),
+                    m.qualified_name(),
+                    m.priority(),
+                    m.file(),
+                    m.line()
+                )
             })
             .collect();
         parts.join("; ")
