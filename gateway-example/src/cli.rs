@@ -56,11 +56,15 @@ enum Cmd {
         summary_json: Option<PathBuf>,
 
         /// Where sessions live: `memory` (default) or `sqlite:PATH`, a new database that records every
-        /// session and event, committed in batches of --batch records and delivered after each commit.
+        /// session and event, committed in batches of at least --batch records and delivered after each
+        /// commit, while the next batch is being read.
         #[arg(long, value_name = "STORE", default_value = "memory")]
         store: crate::durable::StoreSpec,
 
-        /// Records per transaction with --store sqlite:PATH (group commit).
+        /// The fewest records per transaction with --store sqlite:PATH (group commit). A batch is
+        /// committed once it has this many records and the previous commit is done, so batches grow
+        /// while the disk is slow (up to 64 times this). A command (a text starting with `/`) first
+        /// commits and delivers everything before it, so that its hooks run after those events.
         #[arg(long, value_name = "N", default_value_t = 512)]
         batch: usize,
 

@@ -1,6 +1,7 @@
 //! The session store choice (`--store memory|sqlite:PATH`, `--synchronous full|normal`), the durable
 //! replay path (group commit into SQLite, delivery after commit) and the `dead-letters` command.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -8,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use hooks_core::dispatch::Dispatcher;
 use hooks_core::event::AnyEvent;
 use hooks_core::store::{
-    CloseOutcome, DeliveryRecord, HandlerResult, OpenOutcome, OutboxSeq, RotateOutcome, SqliteOptions, SqliteStore,
-    Step, StepOutcome, Store, StoreError, Synchronous,
+    CloseOutcome, Commit, DeliveryRecord, HandlerResult, OpenOutcome, OutboxSeq, RotateOutcome, SqliteOptions,
+    SqliteStore, Step, StepOutcome, StoreError, Synchronous,
 };
 
 /// The file name of the session database inside the data directory.
@@ -85,23 +86,39 @@ pub async fn open_sqlite(path: &Path, options: SqliteOptions) -> Result<SqliteSt
 
 /// Replay's durable path: the engine's output and the messages are committed to SQLite in batches
 /// (group commit), and each batch is delivered only after its commit, then its deliveries recorded.
+///
+/// Commits are pipelined: once a batch is handed to the store's writer thread, replay goes on parsing
+/// and routing the next records (staging their steps) while the batch commits. A batch is delivered
+/// when its commit is confirmed, before the next batch is handed over, so delivery order is input
+/// order. Batch size adapts to the disk: a new batch starts when at least `batch` records are staged
+/// and the previous commit is done (so while a flush to disk is slow, more records join the next
+/// batch), and replay waits for the previous commit only when `batch × 64` records are staged.
 #[derive(Debug)]
 pub struct DurableReplay {
     store: SqliteStore,
     steps: Vec<Step>,
-    /// Deliveries of the last batch, recorded together with the next batch's commit.
+    /// Deliveries of the last delivered batch, recorded together with the next batch's commit.
     unrecorded: Vec<(OutboxSeq, Vec<HandlerResult>)>,
+    /// The batch being committed, with its steps (delivered once it is).
+    in_flight: Option<(Arc<Vec<Step>>, Commit)>,
     inputs: usize,
     batch: usize,
     /// Events recorded (session events and messages).
     pub recorded: u64,
     /// Events whose delivery failed for some handler (moved to the dead-letter state).
     pub dead_letters: u64,
+    /// Transactions committed.
+    pub commits: u64,
 }
 
+/// How many times `batch` records may be staged while a commit is still running before replay waits
+/// for it (bounds the memory held by staged steps).
+const MAX_STAGED_BATCHES: usize = 64;
+
 impl DurableReplay {
-    /// Replays into `store`, committing every `batch` records; the database must hold no sessions yet
-    /// (replay makes sequential session ids, which would collide with an earlier replay's).
+    /// Replays into `store`, committing at least every `batch` records (more while a commit is slow);
+    /// the database must hold no sessions yet (replay makes sequential session ids, which would
+    /// collide with an earlier replay's).
     ///
     /// # Errors
     ///
@@ -120,10 +137,12 @@ impl DurableReplay {
             store,
             steps: Vec::new(),
             unrecorded: Vec::new(),
+            in_flight: None,
             inputs: 0,
             batch: batch.max(1),
             recorded: 0,
             dead_letters: 0,
+            commits: 0,
         })
     }
 
@@ -150,37 +169,63 @@ impl DurableReplay {
         self.steps.push(step);
     }
 
-    /// Counts one input; commits and delivers when the batch is full.
+    /// Counts one input; hands the staged batch to the store when it is large enough and the store is
+    /// free (delivering the previous batch first), or waits when too much is staged.
     ///
     /// # Errors
     ///
     /// See [`flush`](Self::flush).
     pub async fn input_done(&mut self, dispatcher: &Dispatcher) -> Result<()> {
         self.inputs += 1;
-        if self.inputs >= self.batch { self.flush(dispatcher).await } else { Ok(()) }
+        if self.inputs < self.batch {
+            return Ok(());
+        }
+        let ready = match &mut self.in_flight {
+            None => true,
+            Some((_, commit)) => commit.is_done() || self.inputs >= self.batch * MAX_STAGED_BATCHES,
+        };
+        if ready {
+            self.deliver_in_flight(dispatcher).await?;
+            self.submit()?;
+        }
+        Ok(())
     }
 
-    /// Commits the staged steps in one transaction, delivers what was recorded in order, and keeps
-    /// the deliveries to record them with the next commit (or [`finish`](Self::finish)): a crash in
-    /// between only delivers those events again, with the same ids.
+    /// Commits everything staged and delivers it, in order: afterwards nothing is staged or in flight
+    /// (the deliveries of the last batch are recorded with the next commit, or by
+    /// [`finish`](Self::finish)): a crash in between only delivers those events again, with the same
+    /// ids.
     ///
     /// # Errors
     ///
-    /// The store failed: nothing of the batch was recorded or delivered.
+    /// The store failed: nothing of that batch was recorded or delivered.
     pub async fn flush(&mut self, dispatcher: &Dispatcher) -> Result<()> {
-        self.inputs = 0;
-        let steps = std::mem::take(&mut self.steps);
-        if steps.is_empty() {
-            return Ok(());
+        self.deliver_in_flight(dispatcher).await?;
+        if !self.steps.is_empty() {
+            self.submit()?;
+            self.deliver_in_flight(dispatcher).await?;
         }
+        Ok(())
+    }
+
+    /// Hands the staged steps, and the deliveries of the last delivered batch, to the store's writer.
+    fn submit(&mut self) -> Result<()> {
+        debug_assert!(self.in_flight.is_none(), "one batch in flight at a time keeps delivery in order");
+        self.inputs = 0;
+        let steps = Arc::new(std::mem::take(&mut self.steps));
         let done = std::mem::take(&mut self.unrecorded);
-        let records = delivery_records(&done);
-        // Both jobs reach the store's writer together, so they usually share one transaction.
-        let (outcomes, recorded) =
-            tokio::join!(self.store.apply(steps.clone()), self.store.record_deliveries(&records));
-        recorded.context("recording deliveries")?;
-        let outcomes = outcomes.context("the session store failed")?;
-        for (step, outcome) in steps.into_iter().zip(outcomes) {
+        let commit =
+            self.store.submit(Arc::clone(&steps), &delivery_records(&done)).context("the session store failed")?;
+        self.in_flight = Some((steps, commit));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any, and delivers what it recorded, in order.
+    async fn deliver_in_flight(&mut self, dispatcher: &Dispatcher) -> Result<()> {
+        let Some((steps, commit)) = self.in_flight.take() else { return Ok(()) };
+        let outcomes = commit.wait().await.context("the session store failed")?;
+        self.commits += 1;
+        for (step, outcome) in steps.iter().zip(outcomes) {
             for (seq, event) in recorded_events(step, outcome)? {
                 let results: Vec<HandlerResult> = dispatcher
                     .deliver_any_detailed(&event, 1, &[])
@@ -188,11 +233,13 @@ impl DurableReplay {
                     .into_iter()
                     .map(|o| HandlerResult { handler: o.hook, error: o.error })
                     .collect();
+                if results.iter().any(|h| h.error.is_some()) {
+                    self.dead_letters += 1;
+                }
+                self.recorded += 1;
                 self.unrecorded.push((seq, results));
             }
         }
-        self.recorded += self.unrecorded.len() as u64;
-        self.dead_letters += self.unrecorded.iter().filter(|(_, r)| r.iter().any(|h| h.error.is_some())).count() as u64;
         Ok(())
     }
 
@@ -220,18 +267,22 @@ fn delivery_records(done: &[(OutboxSeq, Vec<HandlerResult>)]) -> Vec<DeliveryRec
 }
 
 /// The events a committed step recorded, with their outbox positions.
-fn recorded_events(step: Step, outcome: Result<StepOutcome, StoreError>) -> Result<Vec<(OutboxSeq, AnyEvent)>> {
+fn recorded_events(
+    step: &Step,
+    outcome: Result<StepOutcome, StoreError>,
+) -> Result<Vec<(OutboxSeq, Cow<'_, AnyEvent>)>> {
     Ok(match (step, outcome?) {
         (Step::Open(start), StepOutcome::Opened(OpenOutcome::Opened { start: seq })) => {
-            vec![(seq, AnyEvent::SessionStart(start))]
+            vec![(seq, Cow::Owned(AnyEvent::SessionStart(start.clone())))]
         }
         (Step::Close(end), StepOutcome::Closed(CloseOutcome::Closed { end: seq })) => {
-            vec![(seq, AnyEvent::SessionEnd(end))]
+            vec![(seq, Cow::Owned(AnyEvent::SessionEnd(end.clone())))]
         }
-        (Step::Rotate(end, start), StepOutcome::Rotated(RotateOutcome::Rotated { end: e, start: s })) => {
-            vec![(e, AnyEvent::SessionEnd(end)), (s, AnyEvent::SessionStart(start))]
-        }
-        (Step::Record(event), StepOutcome::Recorded(seq)) => vec![(seq, event)],
+        (Step::Rotate(end, start), StepOutcome::Rotated(RotateOutcome::Rotated { end: e, start: s })) => vec![
+            (e, Cow::Owned(AnyEvent::SessionEnd(end.clone()))),
+            (s, Cow::Owned(AnyEvent::SessionStart(start.clone()))),
+        ],
+        (Step::Record(event), StepOutcome::Recorded(seq)) => vec![(seq, Cow::Borrowed(event))],
         (_, StepOutcome::Message) => Vec::new(),
         (_, other) => bail!("the session store refused a step of a fresh replay: {other:?}"),
     })

@@ -62,10 +62,24 @@ pub struct Summary {
     pub handler_failures: u64,
     /// Lines written to the events file.
     pub events_written: u64,
+    /// With `--store sqlite:PATH`: events recorded in the outbox, transactions committed, and events
+    /// moved to the dead-letter state. `None` with the in-memory store.
+    pub durable: Option<DurableCounts>,
     /// Wall time of the replay, in seconds.
     pub wall_seconds: f64,
     /// Lines read per second of wall time.
     pub records_per_second: f64,
+}
+
+/// What the durable path of a replay recorded (see [`Summary::durable`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DurableCounts {
+    /// Events recorded in the outbox and delivered after their commit.
+    pub recorded: u64,
+    /// Transactions committed (group commits).
+    pub commits: u64,
+    /// Events whose delivery failed for some handler (dead letters).
+    pub dead_letters: u64,
 }
 
 impl Summary {
@@ -94,6 +108,14 @@ impl std::fmt::Display for Summary {
         writeln!(f, "  sessions closed    {} ({})", m.sessions_closed(), closes.join(", "))?;
         writeln!(f, "  handler failures   {}", self.handler_failures)?;
         writeln!(f, "  events written     {}", self.events_written)?;
+        if let Some(d) = &self.durable {
+            let per = if d.commits == 0 { 0.0 } else { d.recorded as f64 / d.commits as f64 };
+            writeln!(
+                f,
+                "  store              {} events recorded in {} commits ({per:.0} per commit), {} dead letters",
+                d.recorded, d.commits, d.dead_letters
+            )?;
+        }
         write!(f, "  wall time          {:.3} s ({:.0} records/s)", self.wall_seconds, self.records_per_second)
     }
 }
@@ -279,6 +301,8 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
     r.deliver_pending().await;
     if let Some(d) = &mut r.durable {
         d.finish(r.dispatcher).await?;
+        r.summary.durable =
+            Some(DurableCounts { recorded: d.recorded, commits: d.commits, dead_letters: d.dead_letters });
     }
     let mut shutdown = GatewayShutdown::new(end, before);
     shutdown.event_id = line_event_id(KIND_GATEWAY, u64::MAX);

@@ -296,8 +296,16 @@ fn a_full_disk_stops_the_gateway_with_a_clear_error_and_keeps_what_was_committed
             std::fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
         }
     }
+    // Every acknowledged message's session is there. The refused message's session may be too: the
+    // disk can fill up after its commit record reached the WAL (e.g. while SQLite grows the -shm index),
+    // so SQLite reports a failure for a commit that recovery then finds (docs/operations.md). Messages
+    // are sent one at a time, so at most that one is in doubt.
     let (open, closed) = sessions(&copy.join(DB));
-    assert_eq!(open + closed, accepted, "acknowledged sessions lost or invented");
+    assert!(
+        (accepted..=accepted + 1).contains(&(open + closed)),
+        "acknowledged sessions lost or invented: {} in the database, {accepted} acknowledged",
+        open + closed
+    );
 }
 
 fn get(addr: &str, path: &str) -> String {

@@ -89,7 +89,7 @@ fn a_restart_closes_overdue_sessions_late_and_redelivers_the_outbox() {
     let (reason, ended, detected, count): (String, i64, i64, i64) = conn
         .query_row(
             "SELECT reason, ended_at, detected_at, message_count FROM sessions WHERE id = ?1",
-            [session.to_string()],
+            [&session.as_u128().to_be_bytes()[..]],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .unwrap();

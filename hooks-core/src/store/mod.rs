@@ -36,7 +36,7 @@ use compact_str::CompactString;
 use crate::event::{AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart, TranscriptEntry};
 
 pub use memory::MemoryStore;
-pub use sqlite::{DeadLetter, SCHEMA_VERSION, SqliteOptions, SqliteStore, Synchronous};
+pub use sqlite::{Commit, DeadLetter, SCHEMA_VERSION, SqliteOptions, SqliteStore, StepOutcomes, Synchronous};
 
 /// The position of an event in a store's outbox: increasing in record order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -3,13 +3,15 @@
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use compact_str::CompactString;
 use jiff::Timestamp;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+use rusqlite::types::Value;
+use rusqlite::{CachedStatement, Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::codec;
@@ -17,13 +19,14 @@ use super::{
     CloseOutcome, DeliveryRecord, LostClose, OpenOutcome, OpenSession, OutboxEntry, OutboxSeq, PendingDelivery,
     RecoveredSession, Recovery, RotateOutcome, RoutedMessage, Step, StepOutcome, Store, StoreError,
 };
-use crate::event::{AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart, TranscriptEntry};
+use crate::event::{AnyEvent, CloseReason, EventId, SessionEnd, SessionId, SessionKey, SessionStart, TranscriptEntry};
 
 /// The newest schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v - 1` to `v`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE sessions (
         id TEXT PRIMARY KEY NOT NULL,
         key TEXT NOT NULL,
@@ -66,7 +69,70 @@ const MIGRATIONS: &[&str] = &["
         last_error TEXT,
         PRIMARY KEY (seq, handler)
     ) WITHOUT ROWID;
-"];
+",
+    "
+    -- Version 2, for throughput (see docs/benchmarks.md): session and event ids as 16-byte blobs
+    -- instead of 36-character text (smaller keys, no formatting or parsing), sessions keyed by id
+    -- directly (WITHOUT ROWID: one b-tree instead of a table plus its primary-key index), outbox
+    -- positions without AUTOINCREMENT (whose bookkeeping row was written on every insert; a delivered
+    -- row's position may now be reused, which nothing depends on: events are known by their event id),
+    -- and no index over (state, seq): nearly every row is pending and read in position order anyway,
+    -- so that index only cost a write per recorded and per delivered event. Dead letters, which are
+    -- few, get a partial index. The outbox's `key` column is gone: the payload holds the key, and only
+    -- the dead-letter listing needs it. Payloads are now MessagePack blobs (see `codec`); the JSON text
+    -- of rows written by version 1 is kept as it is and still read.
+    CREATE TABLE sessions_v2 (
+        id BLOB PRIMARY KEY NOT NULL,
+        key TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        last_message_at INTEGER NOT NULL,
+        message_count INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('open', 'closed')),
+        reason TEXT,
+        ended_at INTEGER,
+        detected_at INTEGER,
+        previous_session_id BLOB
+    ) WITHOUT ROWID;
+    INSERT INTO sessions_v2
+        SELECT unhex(replace(id, '-', '')), key, user_id, started_at, last_message_at, message_count, state,
+               reason, ended_at, detected_at, unhex(replace(previous_session_id, '-', ''))
+        FROM sessions;
+    DROP TABLE sessions;
+    ALTER TABLE sessions_v2 RENAME TO sessions;
+    CREATE UNIQUE INDEX sessions_one_open_per_key ON sessions (key) WHERE state = 'open';
+
+    CREATE TABLE transcript_v2 (
+        session_id BLOB NOT NULL,
+        n INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        PRIMARY KEY (session_id, n)
+    ) WITHOUT ROWID;
+    INSERT INTO transcript_v2 SELECT unhex(replace(session_id, '-', '')), n, at, user_id, text FROM transcript;
+    DROP TABLE transcript;
+    ALTER TABLE transcript_v2 RENAME TO transcript;
+
+    CREATE TABLE outbox_v2 (
+        seq INTEGER PRIMARY KEY,
+        event_id BLOB NOT NULL,
+        event TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        recorded_at INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    INSERT INTO outbox_v2
+        SELECT seq, unhex(replace(event_id, '-', '')), event, payload, recorded_at, state, attempts, last_error
+        FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v2 RENAME TO outbox;
+    CREATE INDEX outbox_dead ON outbox (seq) WHERE state = 'dead';
+    DELETE FROM sqlite_sequence WHERE name = 'outbox';
+",
+];
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous`, in WAL mode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -147,7 +213,9 @@ pub struct DeadLetter {
 }
 
 type AnyBox = Box<dyn Any + Send>;
-type JobFn = Box<dyn FnOnce(&Connection) -> Result<AnyBox, StoreError> + Send>;
+/// A job may run twice: once in the fast path of a group commit and, if that transaction is rolled
+/// back because some job of the batch failed, again in the careful path (see [`writer`]).
+type JobFn = Box<dyn Fn(&Connection) -> Result<AnyBox, StoreError> + Send>;
 
 struct Job {
     run: JobFn,
@@ -156,13 +224,15 @@ struct Job {
 
 /// A [`Store`] in one SQLite file (WAL mode), safe across crashes.
 ///
-/// # Schema (version 1)
+/// # Schema (version 2)
 ///
-/// - `sessions`: one row per session, `state` `open` or `closed`. A partial unique index on `key` where
-///   `state = 'open'` makes "at most one open session per key" a database constraint, not a convention.
+/// - `sessions`: one row per session, keyed by its id (16 bytes, big-endian UUID), `state` `open` or
+///   `closed`. A partial unique index on `key` where `state = 'open'` makes "at most one open session
+///   per key" a database constraint, not a convention.
 /// - `transcript`: the messages of open sessions (deleted in the transaction that closes the session:
 ///   its `SessionEnd` in the outbox carries them from then on).
-/// - `outbox`: recorded events, `state` `pending` or `dead`; a delivered event's row is deleted.
+/// - `outbox`: recorded events in order of `seq`, the payload in MessagePack (JSON text for rows
+///   written by version 1), `state` `pending` or `dead`; a delivered event's row is deleted.
 /// - `deliveries`: per event and handler, attempts and the last error, so a re-delivery skips the
 ///   handlers that already succeeded.
 ///
@@ -175,9 +245,11 @@ struct Job {
 ///
 /// SQLite calls block, so none runs on the async runtime: one dedicated writer thread owns the
 /// connection, and every store call is a job sent to it. The writer takes every job that is waiting
-/// (up to [`SqliteOptions::max_batch`]) and runs them in one transaction, each inside a savepoint so a
-/// refused job leaves no trace, then commits once and only then answers each caller. Under load many
-/// inputs share one disk flush; a caller is never told "done" before its data is durable.
+/// (up to [`SqliteOptions::max_batch`]) and runs them in one transaction, then commits once and only then
+/// answers each caller. If a job fails, that transaction is rolled back and the batch is run again with
+/// each job inside a savepoint, so the failing job leaves no trace and the others still commit. Under
+/// load many inputs share one disk flush; a caller is never told "done" before its data is durable.
+/// [`submit`](Self::submit) lets a caller go on while its batch commits (pipelined group commit).
 ///
 /// ```
 /// use hooks_core::store::{SqliteOptions, SqliteStore, Store};
@@ -236,6 +308,27 @@ fn nanos(t: Timestamp) -> i64 {
 
 fn from_nanos(n: i64) -> Timestamp {
     Timestamp::from_nanosecond(i128::from(n)).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A session id as stored: its 16 bytes, big-endian (the UUID's own byte order).
+fn id_blob(id: SessionId) -> [u8; 16] {
+    id.as_u128().to_be_bytes()
+}
+
+fn id_from_blob(blob: &[u8]) -> Result<SessionId, StoreError> {
+    let bytes: [u8; 16] =
+        blob.try_into().map_err(|_| bad_row("session id", format!("{} bytes, not 16", blob.len())))?;
+    Ok(SessionId::from_u128(u128::from_be_bytes(bytes)))
+}
+
+/// The event of an outbox row's payload: MessagePack (a blob), or JSON (text, from schema version 1).
+fn decode_payload(payload: Value) -> Result<AnyEvent, StoreError> {
+    match payload {
+        Value::Blob(bytes) => codec::decode(&bytes),
+        Value::Text(json) => codec::decode_json(&json),
+        other => Err(format!("a payload of type {:?}", other.data_type()).into()),
+    }
+    .map_err(|e| bad_row("outbox event", e))
 }
 
 fn key_json(key: &SessionKey) -> String {
@@ -336,13 +429,42 @@ impl SqliteStore {
     /// Runs `f` on the writer thread inside the current group transaction; answers after the commit.
     async fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let rx = self.send(f)?;
+        let any = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(*any.downcast::<T>().expect("a job answers with its own type"))
+    }
+
+    /// Queues `f` for the writer thread; the receiver hears after the commit.
+    fn send<T: Send + 'static>(
+        &self,
+        f: impl Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<AnyBox, StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
         let job = Job { run: Box::new(move |conn| f(conn).map(|t| Box::new(t) as AnyBox)), reply };
         self.jobs.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
-        let any = rx.await.map_err(|_| StoreError::Closed)??;
-        Ok(*any.downcast::<T>().expect("a job answers with its own type"))
+        Ok(rx)
+    }
+
+    /// Starts one job that applies `steps` (as [`Store::apply`]) and records `deliveries` (as
+    /// [`record_deliveries`](Self::record_deliveries)) in the same transaction, and returns at once:
+    /// the caller goes on with its next batch while this one commits (pipelined group commit), and
+    /// learns the outcome from the returned [`Commit`]. Nothing of it is visible, and nothing may be
+    /// delivered, before the commit.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Closed`] if the writer thread is gone. Failures of the job itself arrive through
+    /// the [`Commit`]: a backend failure fails the whole job (nothing of it was recorded), a refused
+    /// step is that step's outcome.
+    pub fn submit(&self, steps: Arc<Vec<Step>>, deliveries: &[DeliveryRecord<'_>]) -> Result<Commit, StoreError> {
+        let deliveries = Deliveries::new(deliveries);
+        let rx = self.send(move |conn| {
+            deliveries.record(conn)?;
+            apply_steps(conn, &steps)
+        })?;
+        Ok(Commit { rx, done: None })
     }
 
     /// Every event in the dead-letter state, oldest first.
@@ -354,7 +476,7 @@ impl SqliteStore {
         self.call(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT seq, event_id, event, key, attempts, last_error, recorded_at FROM outbox
+                    "SELECT seq, event_id, event, payload, attempts, last_error, recorded_at FROM outbox
                      WHERE state = 'dead' ORDER BY seq",
                 )
                 .map_err(classify)?;
@@ -362,9 +484,9 @@ impl SqliteStore {
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(1)?,
                         r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Value>(3)?,
                         r.get::<_, i64>(4)?,
                         r.get::<_, Option<String>>(5)?,
                         r.get::<_, i64>(6)?,
@@ -373,11 +495,11 @@ impl SqliteStore {
                 .map_err(classify)?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, event_id, event, key, attempts, error, recorded_at) = row.map_err(classify)?;
-                let key = key
-                    .map(|k| serde_json::from_str::<SessionKey>(&k).map(|k| k.to_string()))
-                    .transpose()
-                    .map_err(|e| bad_row("outbox key", e))?;
+                let (seq, event_id, event, payload, attempts, error, recorded_at) = row.map_err(classify)?;
+                let key = decode_payload(payload)?.key().map(|k| k.to_string());
+                let event_id = <[u8; 16]>::try_from(event_id.as_slice())
+                    .map(|b| uuid::Uuid::from_bytes(b).to_string())
+                    .map_err(|_| bad_row("event id", format!("{} bytes, not 16", event_id.len())))?;
                 out.push(DeadLetter {
                     seq: OutboxSeq(seq as u64),
                     event_id,
@@ -402,7 +524,7 @@ impl SqliteStore {
     /// Backend failures.
     pub async fn retry_dead_letters(&self, only: Option<Vec<OutboxSeq>>) -> Result<u64, StoreError> {
         self.call(move |conn| {
-            let moved = match only {
+            let moved = match &only {
                 None => conn
                     .execute("UPDATE outbox SET state = 'pending', attempts = 0 WHERE state = 'dead'", [])
                     .map_err(classify)?,
@@ -431,21 +553,8 @@ impl SqliteStore {
     ///
     /// Backend failures: then none was recorded.
     pub async fn record_deliveries(&self, records: &[DeliveryRecord<'_>]) -> Result<(), StoreError> {
-        type Owned = (i64, i64, Vec<(String, Option<String>)>, bool);
-        let owned: Vec<Owned> = records
-            .iter()
-            .map(|r| {
-                let results = r.results.iter().map(|h| (h.handler.clone(), h.error.clone())).collect();
-                (r.seq.0 as i64, i64::from(r.attempt), results, r.dead)
-            })
-            .collect();
-        self.call(move |conn| {
-            for (seq, attempt, results, dead) in &owned {
-                record_delivery(conn, *seq, *attempt, results, *dead)?;
-            }
-            Ok(())
-        })
-        .await
+        let deliveries = Deliveries::new(records);
+        self.call(move |conn| deliveries.record(conn)).await
     }
 
     /// Counts of sessions by state and of outbox rows by state: `(open, closed, pending, dead)`.
@@ -475,6 +584,12 @@ fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {
 }
 
 /// The writer thread: group commit of every waiting job.
+///
+/// Each batch first takes the fast path: every job in one transaction, back to back. Only if a job
+/// fails (rare: a refused step is an answer, not a failure) or the commit fails is that transaction
+/// rolled back and the batch run again the careful way, each job in its own savepoint so the failing
+/// one leaves no trace and the others still commit. Savepoints are not free (SQLite copies every page
+/// a job touches into a statement journal), so the common case does without them.
 fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, max_batch: usize) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -484,60 +599,93 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let msg = e.to_string();
-            let code = e.sqlite_error_code();
-            for job in batch {
-                let _ = job.reply.send(Err(same_error(code, &msg)));
+        match run_fast(&conn, &batch) {
+            Some(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
             }
+            None => run_careful(&conn, batch),
+        }
+    }
+}
+
+/// Runs every job of `batch` in one transaction without savepoints and commits; `None` (with the
+/// transaction rolled back) if anything failed.
+fn run_fast(conn: &Connection, batch: &[Job]) -> Option<Vec<AnyBox>> {
+    conn.execute_batch("BEGIN IMMEDIATE").ok()?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        match (job.run)(conn) {
+            Ok(result) if !conn.is_autocommit() => results.push(result),
+            _ => break,
+        }
+    }
+    if results.len() == batch.len() && conn.execute_batch("COMMIT").is_ok() {
+        return Some(results);
+    }
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    None
+}
+
+/// Runs every job of `batch` in its own savepoint inside one transaction, so that a failing job is
+/// undone alone, then commits and answers each job (every job fails if the transaction does).
+fn run_careful(conn: &Connection, batch: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = e.to_string();
+        let code = e.sqlite_error_code();
+        for job in batch {
+            let _ = job.reply.send(Err(same_error(code, &msg)));
+        }
+        return;
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut broken: Option<(Option<ErrorCode>, String)> = None;
+    for Job { run, reply } in batch {
+        if let Some((code, msg)) = &broken {
+            let _ = reply.send(Err(same_error(*code, msg)));
             continue;
         }
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut broken: Option<(Option<ErrorCode>, String)> = None;
-        for Job { run, reply } in batch {
-            if let Some((code, msg)) = &broken {
-                let _ = reply.send(Err(same_error(*code, msg)));
-                continue;
-            }
-            let result = match conn.execute_batch("SAVEPOINT job") {
-                Ok(()) => {
-                    let result = run(&conn);
-                    let undo = if result.is_err() { "ROLLBACK TO job; RELEASE job" } else { "RELEASE job" };
-                    // After some errors (a full disk, I/O) SQLite rolls back the whole transaction by
-                    // itself; the jobs after it must not run in autocommit mode, so the batch stops.
-                    if conn.is_autocommit() {
-                        broken = Some((None, "the transaction was rolled back by SQLite".into()));
-                    } else if let Err(e) = conn.execute_batch(undo) {
-                        broken = Some((e.sqlite_error_code(), e.to_string()));
-                    }
-                    result
-                }
-                Err(e) => Err(classify(e)),
-            };
-            answers.push((reply, result));
-        }
-        let commit = if broken.is_none() { conn.execute_batch("COMMIT") } else { Err(rusqlite::Error::InvalidQuery) };
-        match commit {
+        let result = match conn.execute_batch("SAVEPOINT job") {
             Ok(()) => {
-                for (reply, result) in answers {
-                    let _ = reply.send(result);
+                let result = run(conn);
+                let undo = if result.is_err() { "ROLLBACK TO job; RELEASE job" } else { "RELEASE job" };
+                // After some errors (a full disk, I/O) SQLite rolls back the whole transaction by
+                // itself; the jobs after it must not run in autocommit mode, so the batch stops.
+                if conn.is_autocommit() {
+                    broken = Some((None, "the transaction was rolled back by SQLite".into()));
+                } else if let Err(e) = conn.execute_batch(undo) {
+                    broken = Some((e.sqlite_error_code(), e.to_string()));
                 }
+                result
             }
-            Err(e) => {
-                let (code, msg) = match broken {
-                    Some(b) => b,
-                    None => (e.sqlite_error_code(), e.to_string()),
-                };
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                for (reply, result) in answers {
-                    // A job that failed on its own keeps its own (more precise) error.
-                    let _ = reply.send(Err(match result {
-                        Err(e) => e,
-                        Ok(_) => same_error(code, &msg),
-                    }));
-                }
+            Err(e) => Err(classify(e)),
+        };
+        answers.push((reply, result));
+    }
+    let commit = if broken.is_none() { conn.execute_batch("COMMIT") } else { Err(rusqlite::Error::InvalidQuery) };
+    match commit {
+        Ok(()) => {
+            for (reply, result) in answers {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let (code, msg) = match broken {
+                Some(b) => b,
+                None => (e.sqlite_error_code(), e.to_string()),
+            };
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            for (reply, result) in answers {
+                // A job that failed on its own keeps its own (more precise) error.
+                let _ = reply.send(Err(match result {
+                    Err(e) => e,
+                    Ok(_) => same_error(code, &msg),
+                }));
             }
         }
     }
@@ -556,27 +704,108 @@ fn same_error(code: Option<ErrorCode>, msg: &str) -> StoreError {
 
 // ---- the steps, each run inside the writer's transaction ----
 
-fn insert_outbox(conn: &Connection, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("INSERT INTO outbox (event_id, event, key, payload, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+/// The statements the steps run. A job borrows each from the connection's statement cache once and
+/// keeps it for all its steps ([`Stmts`]): looking a statement up in the cache by its text, per row,
+/// cost more than some of the statements themselves.
+#[derive(Clone, Copy)]
+enum Sql {
+    InsertOutbox,
+    SessionState,
+    SessionExists,
+    OpenOfKey,
+    InsertSession,
+    CloseSession,
+    DeleteTranscript,
+    CountMessage,
+    InsertTranscript,
+}
+
+impl Sql {
+    const COUNT: usize = 9;
+
+    fn text(self) -> &'static str {
+        match self {
+            Sql::InsertOutbox => "INSERT INTO outbox (event_id, event, payload, recorded_at) VALUES (?1, ?2, ?3, ?4)",
+            Sql::SessionState => "SELECT state, reason, ended_at FROM sessions WHERE id = ?1",
+            Sql::SessionExists => "SELECT 1 FROM sessions WHERE id = ?1",
+            Sql::OpenOfKey => "SELECT id FROM sessions WHERE key = ?1 AND state = 'open'",
+            Sql::InsertSession => {
+                "INSERT INTO sessions (id, key, user_id, started_at, last_message_at, state, previous_session_id)
+                 VALUES (?1, ?2, ?3, ?4, ?4, 'open', ?5)"
+            }
+            Sql::CloseSession => {
+                "UPDATE sessions SET state = 'closed', reason = ?2, ended_at = ?3, detected_at = ?4, message_count = ?5
+                 WHERE id = ?1 AND state = 'open'"
+            }
+            Sql::DeleteTranscript => "DELETE FROM transcript WHERE session_id = ?1",
+            // Two plain statements count a message: `UPDATE ... RETURNING` materializes its result in a
+            // temporary table, which cost more than reading the new count back in the insert.
+            Sql::CountMessage => {
+                "UPDATE sessions SET message_count = message_count + 1, last_message_at = max(last_message_at, ?2)
+                 WHERE id = ?1 AND state = 'open'"
+            }
+            Sql::InsertTranscript => {
+                "INSERT INTO transcript (session_id, n, at, user_id, text)
+                 SELECT id, message_count, ?2, ?3, ?4 FROM sessions WHERE id = ?1"
+            }
+        }
+    }
+}
+
+/// A job's prepared statements, each taken from the connection's cache on first use and returned to
+/// it when the job ends.
+struct Stmts<'c> {
+    conn: &'c Connection,
+    prepared: [Option<CachedStatement<'c>>; Sql::COUNT],
+    /// When the job started (nanoseconds since the Unix epoch, UTC): the `recorded_at` of every event
+    /// it records (one clock read per job, not per row).
+    now: i64,
+}
+
+impl<'c> Stmts<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Self { conn, prepared: Default::default(), now: nanos(Timestamp::now()) }
+    }
+
+    fn get(&mut self, sql: Sql) -> Result<&mut CachedStatement<'c>, StoreError> {
+        let slot = &mut self.prepared[sql as usize];
+        if slot.is_none() {
+            *slot = Some(self.conn.prepare_cached(sql.text()).map_err(classify)?);
+        }
+        Ok(slot.as_mut().expect("prepared just above"))
+    }
+}
+
+fn insert_outbox(st: &mut Stmts<'_>, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
+    insert_outbox_row(st, event.event_id(), event.name(), codec::encode(event))
+}
+
+fn insert_outbox_row(
+    st: &mut Stmts<'_>,
+    event_id: EventId,
+    name: &str,
+    payload: Vec<u8>,
+) -> Result<OutboxSeq, StoreError> {
+    let now = st.now;
+    st.get(Sql::InsertOutbox)?
+        .execute(params![&event_id.as_u128().to_be_bytes()[..], name, payload, now,])
         .map_err(classify)?;
-    stmt.execute(params![
-        event.event_id().to_string(),
-        event.name(),
-        event.key().map(key_json),
-        codec::encode(event),
-        nanos(Timestamp::now()),
-    ])
-    .map_err(classify)?;
-    Ok(OutboxSeq(conn.last_insert_rowid() as u64))
+    Ok(OutboxSeq(st.conn.last_insert_rowid() as u64))
+}
+
+fn insert_start(st: &mut Stmts<'_>, start: &SessionStart) -> Result<OutboxSeq, StoreError> {
+    insert_outbox_row(st, start.event_id, "session_start", codec::encode_start(start))
+}
+
+fn insert_end(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<OutboxSeq, StoreError> {
+    insert_outbox_row(st, end.event_id, "session_end", codec::encode_end(end))
 }
 
 /// `Ok(None)` if open, `Ok(Some(lost))` if closed, `Err(UnknownSession)` if never opened.
-fn session_state(conn: &Connection, id: SessionId) -> Result<Option<LostClose>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT state, reason, ended_at FROM sessions WHERE id = ?1").map_err(classify)?;
-    let row = stmt
-        .query_row([id.to_string()], |r| {
+fn session_state(st: &mut Stmts<'_>, id: SessionId) -> Result<Option<LostClose>, StoreError> {
+    let row = st
+        .get(Sql::SessionState)?
+        .query_row([&id_blob(id)[..]], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?))
         })
         .optional()
@@ -595,46 +824,34 @@ fn session_state(conn: &Connection, id: SessionId) -> Result<Option<LostClose>, 
     }
 }
 
-fn session_exists(conn: &Connection, id: SessionId) -> Result<bool, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1").map_err(classify)?;
-    stmt.exists([id.to_string()]).map_err(classify)
+fn session_exists(st: &mut Stmts<'_>, id: SessionId) -> Result<bool, StoreError> {
+    st.get(Sql::SessionExists)?.exists([&id_blob(id)[..]]).map_err(classify)
 }
 
-fn open_of_key(conn: &Connection, key: &str) -> Result<Option<SessionId>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id FROM sessions WHERE key = ?1 AND state = 'open'").map_err(classify)?;
-    let id: Option<String> = stmt.query_row([key], |r| r.get(0)).optional().map_err(classify)?;
-    id.map(|s| s.parse::<uuid::Uuid>().map(SessionId::from).map_err(|e| bad_row("session id", e))).transpose()
+fn open_of_key(st: &mut Stmts<'_>, key: &str) -> Result<Option<SessionId>, StoreError> {
+    let id: Option<Vec<u8>> = st.get(Sql::OpenOfKey)?.query_row([key], |r| r.get(0)).optional().map_err(classify)?;
+    id.map(|b| id_from_blob(&b)).transpose()
 }
 
-fn insert_session(conn: &Connection, start: &SessionStart, key: &str) -> Result<(), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "INSERT INTO sessions (id, key, user_id, started_at, last_message_at, state, previous_session_id)
-             VALUES (?1, ?2, ?3, ?4, ?4, 'open', ?5)",
-        )
+fn insert_session(st: &mut Stmts<'_>, start: &SessionStart, key: &str) -> Result<(), StoreError> {
+    st.get(Sql::InsertSession)?
+        .execute(params![
+            &id_blob(start.session_id)[..],
+            key,
+            start.user_id.as_str(),
+            nanos(start.started_at),
+            start.previous_session_id.map(id_blob),
+        ])
         .map_err(classify)?;
-    stmt.execute(params![
-        start.session_id.to_string(),
-        key,
-        start.user_id.as_str(),
-        nanos(start.started_at),
-        start.previous_session_id.map(|p| p.to_string()),
-    ])
-    .map_err(classify)?;
     Ok(())
 }
 
-fn close_session(conn: &Connection, end: &SessionEnd) -> Result<(), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE sessions SET state = 'closed', reason = ?2, ended_at = ?3, detected_at = ?4, message_count = ?5
-             WHERE id = ?1 AND state = 'open'",
-        )
-        .map_err(classify)?;
-    let changed = stmt
+fn close_session(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<(), StoreError> {
+    let id = &id_blob(end.session_id)[..];
+    let changed = st
+        .get(Sql::CloseSession)?
         .execute(params![
-            end.session_id.to_string(),
+            id,
             end.reason.as_str(),
             nanos(end.ended_at),
             nanos(end.detected_at),
@@ -645,78 +862,66 @@ fn close_session(conn: &Connection, end: &SessionEnd) -> Result<(), StoreError> 
         // Checked open just before, inside the same transaction: cannot happen.
         return Err(StoreError::Backend(format!("session {} changed under its close", end.session_id).into()));
     }
-    conn.prepare_cached("DELETE FROM transcript WHERE session_id = ?1")
-        .and_then(|mut s| s.execute([end.session_id.to_string()]))
-        .map_err(classify)?;
+    st.get(Sql::DeleteTranscript)?.execute([id]).map_err(classify)?;
     Ok(())
 }
 
-fn step_open(conn: &Connection, start: &SessionStart) -> Result<OpenOutcome, StoreError> {
-    if session_exists(conn, start.session_id)? {
+fn step_open(st: &mut Stmts<'_>, start: &SessionStart) -> Result<OpenOutcome, StoreError> {
+    if session_exists(st, start.session_id)? {
         return Err(StoreError::DuplicateSession(start.session_id));
     }
     let key = key_json(&start.key);
-    if let Some(open) = open_of_key(conn, &key)? {
+    if let Some(open) = open_of_key(st, &key)? {
         return Ok(OpenOutcome::KeyBusy { open });
     }
-    insert_session(conn, start, &key)?;
-    Ok(OpenOutcome::Opened { start: insert_outbox(conn, &AnyEvent::SessionStart(start.clone()))? })
+    insert_session(st, start, &key)?;
+    Ok(OpenOutcome::Opened { start: insert_start(st, start)? })
 }
 
-fn step_close(conn: &Connection, end: &SessionEnd) -> Result<CloseOutcome, StoreError> {
-    if let Some(lost) = session_state(conn, end.session_id)? {
+fn step_close(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<CloseOutcome, StoreError> {
+    if let Some(lost) = session_state(st, end.session_id)? {
         return Ok(CloseOutcome::Lost(lost));
     }
-    close_session(conn, end)?;
-    Ok(CloseOutcome::Closed { end: insert_outbox(conn, &AnyEvent::SessionEnd(end.clone()))? })
+    close_session(st, end)?;
+    Ok(CloseOutcome::Closed { end: insert_end(st, end)? })
 }
 
-fn step_rotate(conn: &Connection, end: &SessionEnd, start: &SessionStart) -> Result<RotateOutcome, StoreError> {
+fn step_rotate(st: &mut Stmts<'_>, end: &SessionEnd, start: &SessionStart) -> Result<RotateOutcome, StoreError> {
     if start.key != end.key || start.previous_session_id != Some(end.session_id) {
         return Err(StoreError::NotASuccessor { end: end.session_id, start: start.session_id });
     }
-    if let Some(lost) = session_state(conn, end.session_id)? {
+    if let Some(lost) = session_state(st, end.session_id)? {
         return Ok(RotateOutcome::Lost(lost));
     }
-    if session_exists(conn, start.session_id)? {
+    if session_exists(st, start.session_id)? {
         return Err(StoreError::DuplicateSession(start.session_id));
     }
-    close_session(conn, end)?;
-    insert_session(conn, start, &key_json(&start.key))?;
-    let e = insert_outbox(conn, &AnyEvent::SessionEnd(end.clone()))?;
-    let s = insert_outbox(conn, &AnyEvent::SessionStart(start.clone()))?;
+    close_session(st, end)?;
+    insert_session(st, start, &key_json(&start.key))?;
+    let e = insert_end(st, end)?;
+    let s = insert_start(st, start)?;
     Ok(RotateOutcome::Rotated { end: e, start: s })
 }
 
-fn step_record(conn: &Connection, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
+fn step_record(st: &mut Stmts<'_>, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
     if matches!(event, AnyEvent::SessionStart(_) | AnyEvent::SessionEnd(_)) {
         return Err(StoreError::SessionEvent(event.name()));
     }
-    insert_outbox(conn, event)
+    insert_outbox(st, event)
 }
 
-fn step_message(conn: &Connection, m: &RoutedMessage) -> Result<(), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE sessions SET message_count = message_count + 1, last_message_at = max(last_message_at, ?2)
-             WHERE id = ?1 AND state = 'open' RETURNING message_count",
-        )
-        .map_err(classify)?;
-    let n: Option<i64> =
-        stmt.query_row(params![m.session_id.to_string(), nanos(m.at)], |r| r.get(0)).optional().map_err(classify)?;
-    let Some(n) = n else { return Err(StoreError::UnknownSession(m.session_id)) };
-    conn.prepare_cached("INSERT INTO transcript (session_id, n, at, user_id, text) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .and_then(|mut s| s.execute(params![m.session_id.to_string(), n, nanos(m.at), m.user_id.as_str(), m.text]))
-        .map_err(classify)?;
+fn step_message(st: &mut Stmts<'_>, m: &RoutedMessage) -> Result<(), StoreError> {
+    let id = &id_blob(m.session_id)[..];
+    let changed = st.get(Sql::CountMessage)?.execute(params![id, nanos(m.at)]).map_err(classify)?;
+    if changed == 0 {
+        return Err(StoreError::UnknownSession(m.session_id));
+    }
+    st.get(Sql::InsertTranscript)?.execute(params![id, nanos(m.at), m.user_id.as_str(), m.text]).map_err(classify)?;
     Ok(())
 }
 
 fn is_fatal(e: &StoreError) -> bool {
     matches!(e, StoreError::Backend(_) | StoreError::Full { .. } | StoreError::ReadOnly { .. } | StoreError::Closed)
-}
-
-fn parse_id(s: &str) -> Result<SessionId, StoreError> {
-    s.parse::<uuid::Uuid>().map(SessionId::from).map_err(|e| bad_row("session id", e))
 }
 
 fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
@@ -731,7 +936,7 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
         let rows = stmt
             .query_map([], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, i64>(3)?,
@@ -757,7 +962,7 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(classify)?;
             sessions.push(RecoveredSession {
-                session_id: parse_id(&id)?,
+                session_id: id_from_blob(&id)?,
                 key: serde_json::from_str(&key).map_err(|e| bad_row("session key", e))?,
                 user_id: CompactString::new(user_id),
                 started_at: from_nanos(started_at),
@@ -776,11 +981,11 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
             .prepare("SELECT handler FROM deliveries WHERE seq = ?1 AND delivered = 1 ORDER BY handler")
             .map_err(classify)?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?, r.get::<_, i64>(2)?)))
             .map_err(classify)?;
         for row in rows {
             let (seq, payload, attempts) = row.map_err(classify)?;
-            let event = codec::decode(&payload).map_err(|e| bad_row("outbox event", e))?;
+            let event = decode_payload(payload)?;
             let handlers = done
                 .query_map([seq], |r| r.get::<_, String>(0))
                 .map_err(classify)?
@@ -796,6 +1001,115 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
     let dead: i64 =
         conn.query_row("SELECT count(*) FROM outbox WHERE state = 'dead'", [], |r| r.get(0)).map_err(classify)?;
     Ok(Recovery { sessions, pending, dead_letters: dead as u64 })
+}
+
+/// Runs each step; a refused step is its own outcome, a backend failure fails them all.
+fn apply_steps(conn: &Connection, steps: &[Step]) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
+    let mut out = Vec::with_capacity(steps.len());
+    let mut st = Stmts::new(conn);
+    for step in steps {
+        let result = match step {
+            Step::Open(start) => step_open(&mut st, start).map(StepOutcome::Opened),
+            Step::Close(end) => step_close(&mut st, end).map(StepOutcome::Closed),
+            Step::Rotate(end, start) => step_rotate(&mut st, end, start).map(StepOutcome::Rotated),
+            Step::Record(event) => step_record(&mut st, event).map(StepOutcome::Recorded),
+            Step::Message(m) => step_message(&mut st, m).map(|()| StepOutcome::Message),
+        };
+        match result {
+            // A backend failure fails the whole batch (the writer rolls it back).
+            Err(e) if is_fatal(&e) => return Err(e),
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// One attempt to record with its per-handler rows: `(seq, attempt, [(handler, error)], dead)`.
+type Attempt = (i64, i64, Vec<(String, Option<String>)>, bool);
+
+/// Delivery attempts to record, owned so that a job can carry them to the writer thread.
+struct Deliveries {
+    /// First attempts that reached every handler (they only delete their outbox rows), sorted.
+    delivered: Vec<i64>,
+    /// The others: `(seq, attempt, [(handler, error)], dead)`.
+    other: Vec<Attempt>,
+}
+
+impl Deliveries {
+    fn new(records: &[DeliveryRecord<'_>]) -> Self {
+        let mut delivered = Vec::new();
+        let mut other = Vec::new();
+        for r in records {
+            if r.attempt == 1 && r.results.iter().all(|h| h.error.is_none()) {
+                delivered.push(r.seq.0 as i64);
+            } else {
+                let results = r.results.iter().map(|h| (h.handler.clone(), h.error.clone())).collect();
+                other.push((r.seq.0 as i64, i64::from(r.attempt), results, r.dead));
+            }
+        }
+        delivered.sort_unstable();
+        delivered.dedup();
+        Self { delivered, other }
+    }
+
+    fn record(&self, conn: &Connection) -> Result<(), StoreError> {
+        delete_delivered(conn, &self.delivered)?;
+        for (seq, attempt, results, dead) in &self.other {
+            record_delivery(conn, *seq, *attempt, results, *dead)?;
+        }
+        Ok(())
+    }
+}
+
+/// A job started by [`SqliteStore::submit`]: its outcome, once committed (or failed).
+#[derive(Debug)]
+#[must_use = "a submitted batch must be awaited before its events are delivered"]
+pub struct Commit {
+    rx: oneshot::Receiver<Result<AnyBox, StoreError>>,
+    done: Option<Result<AnyBox, StoreError>>,
+}
+
+/// What a [`Commit`] yields: one outcome per step, as [`Store::apply`] returns them.
+pub type StepOutcomes = Vec<Result<StepOutcome, StoreError>>;
+
+impl Commit {
+    /// Whether the job is over (committed or failed), without waiting.
+    pub fn is_done(&mut self) -> bool {
+        if self.done.is_none() {
+            match self.rx.try_recv() {
+                Ok(answer) => self.done = Some(answer),
+                Err(oneshot::error::TryRecvError::Empty) => return false,
+                Err(oneshot::error::TryRecvError::Closed) => self.done = Some(Err(StoreError::Closed)),
+            }
+        }
+        true
+    }
+
+    /// Waits for the commit.
+    ///
+    /// # Errors
+    ///
+    /// The job failed as a whole (see [`SqliteStore::submit`]): nothing of it was recorded.
+    pub async fn wait(self) -> Result<StepOutcomes, StoreError> {
+        let answer = match self.done {
+            Some(answer) => answer,
+            None => self.rx.await.unwrap_or(Err(StoreError::Closed)),
+        };
+        Ok(*answer?.downcast::<StepOutcomes>().expect("a batch answers with its outcomes"))
+    }
+}
+
+/// Deletes the outbox rows of events every handler received on their first attempt (so they have no
+/// per-handler rows), one statement per run of consecutive positions.
+fn delete_delivered(conn: &Connection, seqs: &[i64]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2").map_err(classify)?;
+    let mut rest = seqs;
+    while let Some(&first) = rest.first() {
+        let run = rest.iter().enumerate().take_while(|&(i, &s)| s == first + i as i64).count();
+        stmt.execute([first, first + run as i64 - 1]).map_err(classify)?;
+        rest = &rest[run..];
+    }
+    Ok(())
 }
 
 fn record_delivery(
@@ -838,22 +1152,22 @@ fn record_delivery(
 impl Store for SqliteStore {
     async fn open(&self, start: &SessionStart) -> Result<OpenOutcome, StoreError> {
         let start = start.clone();
-        self.call(move |conn| step_open(conn, &start)).await
+        self.call(move |conn| step_open(&mut Stmts::new(conn), &start)).await
     }
 
     async fn close_if_open(&self, end: &SessionEnd) -> Result<CloseOutcome, StoreError> {
         let end = end.clone();
-        self.call(move |conn| step_close(conn, &end)).await
+        self.call(move |conn| step_close(&mut Stmts::new(conn), &end)).await
     }
 
     async fn rotate(&self, end: &SessionEnd, start: &SessionStart) -> Result<RotateOutcome, StoreError> {
         let (end, start) = (end.clone(), start.clone());
-        self.call(move |conn| step_rotate(conn, &end, &start)).await
+        self.call(move |conn| step_rotate(&mut Stmts::new(conn), &end, &start)).await
     }
 
     async fn record(&self, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
         let event = event.clone();
-        self.call(move |conn| step_record(conn, &event)).await
+        self.call(move |conn| step_record(&mut Stmts::new(conn), &event)).await
     }
 
     async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
@@ -863,11 +1177,11 @@ impl Store for SqliteStore {
                 .map_err(classify)?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows =
-                stmt.query_map([limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).map_err(classify)?;
+                stmt.query_map([limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?))).map_err(classify)?;
             let mut out = Vec::new();
             for row in rows {
                 let (seq, payload) = row.map_err(classify)?;
-                let event = codec::decode(&payload).map_err(|e| bad_row("outbox event", e))?;
+                let event = decode_payload(payload)?;
                 out.push(OutboxEntry { seq: OutboxSeq(seq as u64), event });
             }
             Ok(out)
@@ -885,13 +1199,13 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT id, key, started_at FROM sessions WHERE state = 'open' ORDER BY started_at, id")
                 .map_err(classify)?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+                .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
                 .map_err(classify)?;
             let mut out = Vec::new();
             for row in rows {
                 let (id, key, started_at) = row.map_err(classify)?;
                 out.push(OpenSession {
-                    session_id: parse_id(&id)?,
+                    session_id: id_from_blob(&id)?,
                     key: serde_json::from_str(&key).map_err(|e| bad_row("session key", e))?,
                     started_at: from_nanos(started_at),
                 });
@@ -902,25 +1216,7 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, steps: Vec<Step>) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
-        self.call(move |conn| {
-            let mut out = Vec::with_capacity(steps.len());
-            for step in &steps {
-                let result = match step {
-                    Step::Open(start) => step_open(conn, start).map(StepOutcome::Opened),
-                    Step::Close(end) => step_close(conn, end).map(StepOutcome::Closed),
-                    Step::Rotate(end, start) => step_rotate(conn, end, start).map(StepOutcome::Rotated),
-                    Step::Record(event) => step_record(conn, event).map(StepOutcome::Recorded),
-                    Step::Message(m) => step_message(conn, m).map(|()| StepOutcome::Message),
-                };
-                match result {
-                    // A backend failure fails the whole batch (the writer rolls it back).
-                    Err(e) if is_fatal(&e) => return Err(e),
-                    other => out.push(other),
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.call(move |conn| apply_steps(conn, &steps)).await
     }
 
     async fn record_delivery(&self, record: &DeliveryRecord<'_>) -> Result<(), StoreError> {

@@ -259,3 +259,92 @@ fn a_full_store_fails_the_write_and_keeps_what_was_committed() {
         assert_eq!(store.open_sessions().await.unwrap().len(), opened);
     });
 }
+
+#[test]
+fn a_version_1_database_is_migrated_with_its_sessions_transcripts_and_pending_events() {
+    let dir = Dir::new("migrate-v1");
+    let open_id = SessionId::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+    let closed_id = SessionId::from_u128(7);
+    let pending = AnyEvent::SessionEnd(end(7, "b", CloseReason::UserNew));
+    {
+        // A database exactly as version 1 wrote it: text ids, AUTOINCREMENT positions.
+        let conn = Connection::open(dir.db()).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let key = key_json(&SessionKey::chat("web", "a"));
+        conn.execute(
+            "INSERT INTO sessions (id, key, user_id, started_at, last_message_at, message_count, state)
+             VALUES (?1, ?2, 'alice', 10, 20, 2, 'open')",
+            params![open_id.to_string(), key],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sessions (id, key, user_id, started_at, last_message_at, state, reason, ended_at,
+                                   detected_at, previous_session_id)
+             VALUES (?1, ?2, 'alice', 1, 2, 'closed', 'user_new', 3, 4, ?3)",
+            params![closed_id.to_string(), key_json(&SessionKey::chat("web", "b")), open_id.to_string()],
+        )
+        .unwrap();
+        for (n, text) in [(1, "hello"), (2, "again")] {
+            conn.execute(
+                "INSERT INTO transcript (session_id, n, at, user_id, text) VALUES (?1, ?2, ?3, 'alice', ?4)",
+                params![open_id.to_string(), n, 10 + n, text],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO outbox (seq, event_id, event, key, payload, recorded_at, state, attempts, last_error)
+             VALUES (41, ?1, 'session_end', NULL, ?2, 5, 'dead', 3, 'h: boom')",
+            params![pending.event_id().to_string(), codec::encode_json(&pending)],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+    let version: i64 = Connection::open(dir.db()).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    rt().block_on(async {
+        let recovery = store.recover().await.unwrap();
+        assert_eq!(recovery.sessions.len(), 1);
+        let s = &recovery.sessions[0];
+        assert_eq!(s.session_id, open_id, "the text id became the same id as a blob");
+        assert_eq!((s.message_count, nanos(s.last_message_at)), (2, 20));
+        let texts: Vec<&str> = s.transcript.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, ["hello", "again"]);
+        assert_eq!(recovery.dead_letters, 1);
+        let dead = store.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].seq, dead[0].event_id.as_str()), (OutboxSeq(41), pending.event_id().to_string().as_str()));
+        assert_eq!(dead[0].key, Some(SessionKey::chat("web", "b").to_string()), "the key comes from the payload");
+        assert_eq!((dead[0].attempts, dead[0].error.as_deref()), (3, Some("h: boom")));
+        // The closed session kept its reason, and its predecessor link survived as a blob.
+        let lost = store.close_if_open(&end(7, "b", CloseReason::IdleExpiry)).await.unwrap();
+        assert!(matches!(lost, CloseOutcome::Lost(l) if l.reason == CloseReason::UserNew), "{lost:?}");
+        // New positions continue after the migrated ones.
+        assert_eq!(store.retry_dead_letters(None).await.unwrap(), 1);
+        let opened = store.open(&start(9, "c", None)).await.unwrap();
+        assert!(matches!(opened, OpenOutcome::Opened { start } if start.0 > 41), "{opened:?}");
+    });
+}
+
+#[test]
+fn a_failing_call_in_a_group_commit_fails_alone() {
+    // Sent together, the three calls usually share one group commit: the failing one sends the batch
+    // from the fast path (no savepoints) to the careful one, where it is undone alone.
+    let dir = Dir::new("group-failure");
+    let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+    rt().block_on(async {
+        for round in 0..20u128 {
+            let (first, unknown, second) = (
+                start(100 + round, &format!("a{round}"), None),
+                end(1_000 + round, "nobody", CloseReason::UserNew),
+                start(200 + round, &format!("b{round}"), None),
+            );
+            let (a, b, c) = tokio::join!(store.open(&first), store.close_if_open(&unknown), store.open(&second));
+            assert!(matches!(a, Ok(OpenOutcome::Opened { .. })), "{a:?}");
+            assert!(matches!(b, Err(StoreError::UnknownSession(id)) if id == SessionId::from_u128(1_000 + round)));
+            assert!(matches!(c, Ok(OpenOutcome::Opened { .. })), "{c:?}");
+        }
+        assert_eq!(store.open_sessions().await.unwrap().len(), 40);
+        assert_eq!(store.counts().await.unwrap(), (40, 0, 40, 0));
+    });
+}
