@@ -2,6 +2,7 @@
 //! replay path (group commit into SQLite, delivery after commit) and the `dead-letters` command.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -88,19 +89,19 @@ pub async fn open_sqlite(path: &Path, options: SqliteOptions) -> Result<SqliteSt
 /// (group commit), and each batch is delivered only after its commit, then its deliveries recorded.
 ///
 /// Commits are pipelined: once a batch is handed to the store's writer thread, replay goes on parsing
-/// and routing the next records (staging their steps) while the batch commits. A batch is delivered
-/// when its commit is confirmed, before the next batch is handed over, so delivery order is input
-/// order. Batch size adapts to the disk: a new batch starts when at least `batch` records are staged
-/// and the previous commit is done (so while a flush to disk is slow, more records join the next
-/// batch), and replay waits for the previous commit only when `batch × 64` records are staged.
+/// and routing the next records (staging their steps) while the batch commits, and delivers a batch
+/// once its commit is confirmed. Batches are delivered in the order they were handed over, so delivery
+/// order is input order. At most two batches are in flight: a new one is handed over when at least
+/// `batch` records are staged and fewer than two are committing (so while the store is slow, more
+/// records join the next batch); replay waits for the oldest only when `batch × 64` records are staged.
 #[derive(Debug)]
 pub struct DurableReplay {
     store: SqliteStore,
     steps: Vec<Step>,
     /// Deliveries of the last delivered batch, recorded together with the next batch's commit.
     unrecorded: Vec<(OutboxSeq, Vec<HandlerResult>)>,
-    /// The batch being committed, with its steps (delivered once it is).
-    in_flight: Option<(Arc<Vec<Step>>, Commit)>,
+    /// The batches being committed, oldest first, with their steps (delivered once committed).
+    in_flight: VecDeque<(Arc<Vec<Step>>, Commit)>,
     inputs: usize,
     batch: usize,
     /// Events recorded (session events and messages).
@@ -114,6 +115,10 @@ pub struct DurableReplay {
 /// How many times `batch` records may be staged while a commit is still running before replay waits
 /// for it (bounds the memory held by staged steps).
 const MAX_STAGED_BATCHES: usize = 64;
+
+/// How many batches may be committing at once: two lets replay deliver one batch while the store
+/// commits the next.
+const MAX_IN_FLIGHT: usize = 2;
 
 impl DurableReplay {
     /// Replays into `store`, committing at least every `batch` records (more while a commit is slow);
@@ -137,7 +142,7 @@ impl DurableReplay {
             store,
             steps: Vec::new(),
             unrecorded: Vec::new(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
             inputs: 0,
             batch: batch.max(1),
             recorded: 0,
@@ -180,15 +185,16 @@ impl DurableReplay {
         if self.inputs < self.batch {
             return Ok(());
         }
-        let ready = match &mut self.in_flight {
-            None => true,
-            Some((_, commit)) => commit.is_done() || self.inputs >= self.batch * MAX_STAGED_BATCHES,
-        };
-        if ready {
-            self.deliver_in_flight(dispatcher).await?;
-            self.submit()?;
+        while self.in_flight.front_mut().is_some_and(|(_, commit)| commit.is_done()) {
+            self.deliver_oldest(dispatcher).await?;
         }
-        Ok(())
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            if self.inputs < self.batch * MAX_STAGED_BATCHES {
+                return Ok(());
+            }
+            self.deliver_oldest(dispatcher).await?;
+        }
+        self.submit()
     }
 
     /// Commits everything staged and delivers it, in order: afterwards nothing is staged or in flight
@@ -200,42 +206,48 @@ impl DurableReplay {
     ///
     /// The store failed: nothing of that batch was recorded or delivered.
     pub async fn flush(&mut self, dispatcher: &Dispatcher) -> Result<()> {
-        self.deliver_in_flight(dispatcher).await?;
         if !self.steps.is_empty() {
             self.submit()?;
-            self.deliver_in_flight(dispatcher).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.deliver_oldest(dispatcher).await?;
         }
         Ok(())
     }
 
-    /// Hands the staged steps, and the deliveries of the last delivered batch, to the store's writer.
+    /// Hands the staged steps, and the deliveries of the batches delivered since the last hand-over,
+    /// to the store's writer.
     fn submit(&mut self) -> Result<()> {
-        debug_assert!(self.in_flight.is_none(), "one batch in flight at a time keeps delivery in order");
         self.inputs = 0;
-        let steps = Arc::new(std::mem::take(&mut self.steps));
+        // The next batch is sized like this one: growing it step by step copied every step again.
+        let capacity = self.steps.len();
+        let steps = Arc::new(std::mem::replace(&mut self.steps, Vec::with_capacity(capacity)));
         let done = std::mem::take(&mut self.unrecorded);
         let commit =
             self.store.submit(Arc::clone(&steps), &delivery_records(&done)).context("the session store failed")?;
-        self.in_flight = Some((steps, commit));
+        self.in_flight.push_back((steps, commit));
         Ok(())
     }
 
-    /// Waits for the batch in flight, if any, and delivers what it recorded, in order.
-    async fn deliver_in_flight(&mut self, dispatcher: &Dispatcher) -> Result<()> {
-        let Some((steps, commit)) = self.in_flight.take() else { return Ok(()) };
+    /// Waits for the oldest batch in flight, if any, and delivers what it recorded, in order.
+    async fn deliver_oldest(&mut self, dispatcher: &Dispatcher) -> Result<()> {
+        let Some((steps, commit)) = self.in_flight.pop_front() else { return Ok(()) };
         let outcomes = commit.wait().await.context("the session store failed")?;
         self.commits += 1;
         for (step, outcome) in steps.iter().zip(outcomes) {
             for (seq, event) in recorded_events(step, outcome)? {
-                let results: Vec<HandlerResult> = dispatcher
-                    .deliver_any_detailed(&event, 1, &[])
-                    .await
-                    .into_iter()
-                    .map(|o| HandlerResult { handler: o.hook, error: o.error })
-                    .collect();
-                if results.iter().any(|h| h.error.is_some()) {
+                let outcomes = dispatcher.deliver_any_detailed(&event, 1, &[]).await;
+                // Per-handler rows are written only for an attempt that failed somewhere; a delivery
+                // every handler took is recorded by its position alone.
+                let results: Vec<HandlerResult> = if outcomes.iter().any(|o| o.error.is_some()) {
                     self.dead_letters += 1;
-                }
+                    outcomes
+                        .into_iter()
+                        .map(|o| HandlerResult { handler: o.hook.to_string(), error: o.error })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 self.recorded += 1;
                 self.unrecorded.push((seq, results));
             }

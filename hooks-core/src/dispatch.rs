@@ -113,7 +113,7 @@ impl std::fmt::Display for Failure {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HandlerOutcome {
     /// The hook's qualified name (`module::path::name`), stable across builds of the same code.
-    pub hook: String,
+    pub hook: Arc<str>,
     /// `None` if it succeeded, else what went wrong (`error: …`, `panicked: …`, `timed out after …`).
     pub error: Option<String>,
 }
@@ -388,7 +388,7 @@ impl Dispatcher {
             AnyEvent::Command(_) => {
                 let d = self.deliver_any(event).await;
                 let error = (d.failed > 0).then(|| format!("{} of {} command handlers failed", d.failed, d.handlers));
-                vec![HandlerOutcome { hook: "command".to_owned(), error }]
+                vec![HandlerOutcome { hook: Arc::from("command"), error }]
             }
         }
     }
@@ -401,16 +401,17 @@ impl Dispatcher {
     ) -> Vec<HandlerOutcome> {
         let ctx = self.context(event, attempt);
         self.delivered::<E>();
-        let calls = self.registry.hooks::<E>().iter().enumerate().filter_map(|(i, hook)| {
-            let name = hook.meta().qualified_name();
-            if skip.contains(&name) {
+        let list = self.registry.hook_list::<E>();
+        let names = list.qualified_names();
+        let calls = list.as_slice().iter().zip(names).enumerate().filter_map(|(i, (hook, name))| {
+            if skip.iter().any(|s| **s == **name) {
                 self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             let mut ctx = ctx.clone();
             Some(async move {
                 let error = self.call(i, hook, event, &mut ctx).await.err().map(|f| f.to_string());
-                HandlerOutcome { hook: name, error }
+                HandlerOutcome { hook: Arc::clone(name), error }
             })
         });
         // Sync handlers run when polled, in registry order; async ones run concurrently, as in `deliver`.

@@ -20,7 +20,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -252,6 +252,9 @@ impl<E: Event> fmt::Debug for Hook<E> {
 pub struct HookList<E: Event> {
     hooks: Vec<Hook<E>>,
     all_sync: bool,
+    /// Each hook's [`qualified_name`](HookMeta::qualified_name), made on first use (per-handler
+    /// delivery reports name every handler; formatting the name per event cost more than the call).
+    names: OnceLock<Box<[Arc<str>]>>,
 }
 
 impl<E: Event> HookList<E> {
@@ -267,7 +270,12 @@ impl<E: Event> HookList<E> {
             ))
         });
         let all_sync = hooks.iter().all(|h| matches!(h.handler, Handler::Sync(_)));
-        Self { hooks, all_sync }
+        Self { hooks, all_sync, names: OnceLock::new() }
+    }
+
+    /// Each hook's qualified name (`module::path::name`), in call order.
+    pub fn qualified_names(&self) -> &[Arc<str>] {
+        self.names.get_or_init(|| self.hooks.iter().map(|h| Arc::from(h.meta.qualified_name())).collect())
     }
 
     /// The hooks in the order the dispatcher calls them.

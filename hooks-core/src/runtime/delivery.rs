@@ -137,7 +137,7 @@ impl Deliveries {
             if let Some(seq) = seq {
                 let results: Vec<HandlerResult> = outcomes
                     .iter()
-                    .map(|o| HandlerResult { handler: o.hook.clone(), error: o.error.clone() })
+                    .map(|o| HandlerResult { handler: o.hook.to_string(), error: o.error.clone() })
                     .collect();
                 let record = DeliveryRecord { seq, attempt, results: &results, dead };
                 if let Err(error) = self.store.record_delivery(&record).await {
@@ -161,7 +161,7 @@ impl Deliveries {
             if failed == 0 || dead {
                 return;
             }
-            skip.extend(outcomes.into_iter().filter(|o| o.error.is_none()).map(|o| o.hook));
+            skip.extend(outcomes.into_iter().filter(|o| o.error.is_none()).map(|o| o.hook.to_string()));
             attempt += 1;
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));

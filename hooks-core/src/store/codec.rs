@@ -174,7 +174,10 @@ pub(crate) fn encode_end(e: &SessionEnd) -> Vec<u8> {
 
 fn to_bytes(stored: &StoredRef<'_>) -> Vec<u8> {
     // Every field is a string, number, timestamp or enum: serialization cannot fail.
-    rmp_serde::to_vec_named(stored).expect("outbox events serialize")
+    // Sized for a typical event up front: growing the buffer field by field cost more than encoding.
+    let mut bytes = Vec::with_capacity(512);
+    rmp_serde::encode::write_named(&mut bytes, stored).expect("outbox events serialize");
+    bytes
 }
 
 /// Why an outbox payload could not be read.
