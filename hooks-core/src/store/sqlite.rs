@@ -2,6 +2,7 @@
 //! See [`SqliteStore`] for the schema, the threads and group commit.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -716,12 +717,13 @@ enum Sql {
     InsertSession,
     CloseSession,
     DeleteTranscript,
-    CountMessage,
+    ReadCount,
+    WriteCount,
     InsertTranscript,
 }
 
 impl Sql {
-    const COUNT: usize = 9;
+    const COUNT: usize = 10;
 
     fn text(self) -> &'static str {
         match self {
@@ -738,15 +740,10 @@ impl Sql {
                  WHERE id = ?1 AND state = 'open'"
             }
             Sql::DeleteTranscript => "DELETE FROM transcript WHERE session_id = ?1",
-            // Two plain statements count a message: `UPDATE ... RETURNING` materializes its result in a
-            // temporary table, which cost more than reading the new count back in the insert.
-            Sql::CountMessage => {
-                "UPDATE sessions SET message_count = message_count + 1, last_message_at = max(last_message_at, ?2)
-                 WHERE id = ?1 AND state = 'open'"
-            }
+            Sql::ReadCount => "SELECT message_count, last_message_at FROM sessions WHERE id = ?1 AND state = 'open'",
+            Sql::WriteCount => "UPDATE sessions SET message_count = ?2, last_message_at = ?3 WHERE id = ?1",
             Sql::InsertTranscript => {
-                "INSERT INTO transcript (session_id, n, at, user_id, text)
-                 SELECT id, message_count, ?2, ?3, ?4 FROM sessions WHERE id = ?1"
+                "INSERT INTO transcript (session_id, n, at, user_id, text) VALUES (?1, ?2, ?3, ?4, ?5)"
             }
         }
     }
@@ -760,11 +757,15 @@ struct Stmts<'c> {
     /// When the job started (nanoseconds since the Unix epoch, UTC): the `recorded_at` of every event
     /// it records (one clock read per job, not per row).
     now: i64,
+    /// Sessions whose messages this job counted, with their message count and last message time
+    /// (nanoseconds) so far: the session row is read once and written once per job (see
+    /// [`write_counts`]), not once per message.
+    counted: HashMap<SessionId, (i64, i64)>,
 }
 
 impl<'c> Stmts<'c> {
     fn new(conn: &'c Connection) -> Self {
-        Self { conn, prepared: Default::default(), now: nanos(Timestamp::now()) }
+        Self { conn, prepared: Default::default(), now: nanos(Timestamp::now()), counted: HashMap::new() }
     }
 
     fn get(&mut self, sql: Sql) -> Result<&mut CachedStatement<'c>, StoreError> {
@@ -879,6 +880,7 @@ fn step_open(st: &mut Stmts<'_>, start: &SessionStart) -> Result<OpenOutcome, St
 }
 
 fn step_close(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<CloseOutcome, StoreError> {
+    write_counts(st, Some(end.session_id))?;
     if let Some(lost) = session_state(st, end.session_id)? {
         return Ok(CloseOutcome::Lost(lost));
     }
@@ -890,6 +892,7 @@ fn step_rotate(st: &mut Stmts<'_>, end: &SessionEnd, start: &SessionStart) -> Re
     if start.key != end.key || start.previous_session_id != Some(end.session_id) {
         return Err(StoreError::NotASuccessor { end: end.session_id, start: start.session_id });
     }
+    write_counts(st, Some(end.session_id))?;
     if let Some(lost) = session_state(st, end.session_id)? {
         return Ok(RotateOutcome::Lost(lost));
     }
@@ -912,11 +915,35 @@ fn step_record(st: &mut Stmts<'_>, event: &AnyEvent) -> Result<OutboxSeq, StoreE
 
 fn step_message(st: &mut Stmts<'_>, m: &RoutedMessage) -> Result<(), StoreError> {
     let id = &id_blob(m.session_id)[..];
-    let changed = st.get(Sql::CountMessage)?.execute(params![id, nanos(m.at)]).map_err(classify)?;
-    if changed == 0 {
-        return Err(StoreError::UnknownSession(m.session_id));
+    if !st.counted.contains_key(&m.session_id) {
+        let row: Option<(i64, i64)> =
+            st.get(Sql::ReadCount)?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(classify)?;
+        let Some(row) = row else { return Err(StoreError::UnknownSession(m.session_id)) };
+        st.counted.insert(m.session_id, row);
     }
-    st.get(Sql::InsertTranscript)?.execute(params![id, nanos(m.at), m.user_id.as_str(), m.text]).map_err(classify)?;
+    let at = nanos(m.at);
+    let n = match st.counted.get_mut(&m.session_id) {
+        Some((count, last)) => {
+            *count += 1;
+            *last = (*last).max(at);
+            *count
+        }
+        None => unreachable!("inserted above"),
+    };
+    st.get(Sql::InsertTranscript)?.execute(params![id, n, at, m.user_id.as_str(), m.text]).map_err(classify)?;
+    Ok(())
+}
+
+/// Writes the message counts and last message times this job accumulated to the session rows: those of
+/// `only`, before a step that closes it, or all of them at the end of the job.
+fn write_counts(st: &mut Stmts<'_>, only: Option<SessionId>) -> Result<(), StoreError> {
+    let counted: Vec<(SessionId, (i64, i64))> = match only {
+        Some(id) => st.counted.remove(&id).map(|c| (id, c)).into_iter().collect(),
+        None => st.counted.drain().collect(),
+    };
+    for (id, (count, last)) in counted {
+        st.get(Sql::WriteCount)?.execute(params![&id_blob(id)[..], count, last]).map_err(classify)?;
+    }
     Ok(())
 }
 
@@ -1021,6 +1048,7 @@ fn apply_steps(conn: &Connection, steps: &[Step]) -> Result<Vec<Result<StepOutco
             other => out.push(other),
         }
     }
+    write_counts(&mut st, None)?;
     Ok(out)
 }
 

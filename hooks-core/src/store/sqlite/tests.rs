@@ -348,3 +348,43 @@ fn a_failing_call_in_a_group_commit_fails_alone() {
         assert_eq!(store.counts().await.unwrap(), (40, 0, 40, 0));
     });
 }
+
+#[test]
+fn messages_counted_in_one_batch_reach_the_session_row_before_its_close_and_at_the_end() {
+    let dir = Dir::new("counts");
+    let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+    let msg = |n: u128, min: u32| {
+        Step::Message(RoutedMessage {
+            session_id: SessionId::from_u128(n),
+            at: t(&format!("2024-05-01T10:{min:02}:00Z")),
+            user_id: "alice".into(),
+            text: format!("m{min}"),
+        })
+    };
+    rt().block_on(async {
+        let steps = vec![
+            Step::Open(start(1, "a", None)),
+            Step::Open(start(2, "b", None)),
+            msg(1, 1),
+            msg(2, 2),
+            msg(1, 3),
+            // Closing session 2 inside the batch: its count is written first, then the close's.
+            Step::Close(end(2, "b", CloseReason::UserNew)),
+            msg(1, 4),
+            msg(2, 5),
+        ];
+        let out = store.apply(steps).await.unwrap();
+        assert!(matches!(out[7], Err(StoreError::UnknownSession(id)) if id == SessionId::from_u128(2)), "{out:?}");
+        assert!(out[..7].iter().all(Result::is_ok), "{out:?}");
+        let recovery = store.recover().await.unwrap();
+        assert_eq!(recovery.sessions.len(), 1);
+        let s = &recovery.sessions[0];
+        assert_eq!((s.session_id, s.message_count), (SessionId::from_u128(1), 3));
+        assert_eq!(s.last_message_at, t("2024-05-01T10:04:00Z"));
+        let texts: Vec<&str> = s.transcript.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, ["m1", "m3", "m4"]);
+        // A later batch continues the count from the row.
+        store.apply(vec![msg(1, 6)]).await.unwrap();
+        assert_eq!(store.recover().await.unwrap().sessions[0].message_count, 4);
+    });
+}
