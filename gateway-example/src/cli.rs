@@ -63,8 +63,8 @@ enum Cmd {
 
         /// The fewest records per transaction with --store sqlite:PATH (group commit). A batch is
         /// committed once it has this many records and the previous commit is done, so batches grow
-        /// while the disk is slow (up to 64 times this). A command (a text starting with `/`) first
-        /// commits and delivers everything before it, so that its hooks run after those events.
+        /// while the disk is slow (up to 64 times this). Command hooks decide inline, as in `serve`,
+        /// possibly before the events of batches still committing are delivered.
         #[arg(long, value_name = "N", default_value_t = 512)]
         batch: usize,
 

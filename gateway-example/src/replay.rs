@@ -153,14 +153,6 @@ impl Replayer<'_> {
         }
     }
 
-    /// Commits and delivers the staged batch (durable path only).
-    async fn flush(&mut self) -> Result<()> {
-        match &mut self.durable {
-            Some(d) => d.flush(self.dispatcher).await,
-            None => Ok(()),
-        }
-    }
-
     async fn start_gateway(&mut self, at: Timestamp) {
         if !self.started {
             self.started = true;
@@ -186,8 +178,11 @@ impl Replayer<'_> {
 
         let mut text = rec.text.into_owned();
         if is_command(&text) {
-            // The command hooks write their own lines: what happened before must be delivered first.
-            self.flush().await?;
+            // The command hooks decide now, inline, as in `serve`. In memory everything before was
+            // delivered already; with `--store sqlite` the events of the batches still committing are
+            // delivered after their commit, so the command's own lines come before theirs in the events
+            // file (waiting for a commit per command would make a durable replay wait for the disk once
+            // per command).
             let id = line_event_id(KIND_COMMAND, line_no);
             let command = Command::new(id, self.engine.open_session(&key), key.clone(), &*rec.user_id, at, text);
             match self.dispatcher.decide(command).await {
