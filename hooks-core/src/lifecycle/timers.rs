@@ -148,8 +148,8 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let due = i128::from(i / 3) + i128::from(x % 4) - if x % 11 == 0 { 50 } else { 0 };
-            if x % 5 == 0 {
+            let due = i128::from(i / 3) + i128::from(x % 4) - if x.is_multiple_of(11) { 50 } else { 0 };
+            if x.is_multiple_of(5) {
                 reference.sort();
                 let want = (!reference.is_empty()).then(|| reference.remove(0));
                 assert_eq!(t.pop().map(|x| (x.due, x.seq)), want);
