@@ -61,13 +61,13 @@ fn measured_expiry(engine: &mut Engine, now: Timestamp, out: &mut Vec<AnyEvent>)
 }
 
 #[inline(never)]
-fn measured_reopen(engine: &mut Engine, key: &SessionKey, now: Timestamp, out: &mut Vec<AnyEvent>) {
-    engine.message(key, "42", "hello", now, out);
+fn measured_reopen(engine: &mut Engine, key: &SessionKey, text: &str, now: Timestamp, out: &mut Vec<AnyEvent>) {
+    engine.message(key, "42", text, now, out);
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lifecycle_ops message|hot|expiry <open sessions> <operations>";
+    let usage = "usage: lifecycle_ops message|hot|expiry|stream <open sessions> <operations>";
     let (Some(kind), Some(n), Some(ops)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -90,6 +90,20 @@ fn main() {
             started = Instant::now();
             measured_messages(&mut engine, &hot, 7, &mut t, ops);
         }
+        "stream" => {
+            // The benchmark's throughput stream: `n` keys, one text in 50 a `/new`, transcripts on.
+            let policy = Policy { idle_timeout: Duration::from_secs(600), ..Policy::default() };
+            let mut engine = Engine::new(policy, SessionIds::Sequential);
+            let mut out = Vec::with_capacity(16);
+            let mut t = t0();
+            started = Instant::now();
+            for i in 0..ops {
+                let text = if i % 50 == 0 { "/new" } else { "hello there" };
+                t += SignedDuration::from_micros(700);
+                measured_reopen(&mut engine, &keys[(i * 7919) % n], text, t, &mut out);
+                out.clear();
+            }
+        }
         "expiry" => {
             let (mut engine, _, step) = populated(&keys, true);
             let mut out = Vec::new();
@@ -101,7 +115,7 @@ fn main() {
                 spent += at.elapsed();
                 assert!(matches!(out.as_slice(), [AnyEvent::SessionEnd(_)]));
                 out.clear();
-                measured_reopen(&mut engine, &keys[k % n], now, &mut out);
+                measured_reopen(&mut engine, &keys[k % n], "hello", now, &mut out);
                 out.clear();
                 now += step;
             }
