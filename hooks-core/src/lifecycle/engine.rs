@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::hash::BuildHasher;
 
 use compact_str::CompactString;
 use hashbrown::DefaultHashBuilder;
@@ -23,7 +22,7 @@ mod packed;
 mod restore;
 
 use index::Index;
-use packed::{PackedKey, with_packed};
+use packed::{PackedKey, hash_key};
 
 /// How the engine makes session ids.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -415,7 +414,17 @@ impl Engine {
     }
 
     /// Performs every close due at or before `now`, in time order.
+    #[inline]
     fn run_until(&mut self, now: i128, out: &mut Vec<AnyEvent>) {
+        // The common case, checked here so that it costs no call: nothing is due.
+        let timer_due = self.timers.peek().is_some_and(|top| top.due <= now);
+        if timer_due || self.next_reset.is_some_and(|r| r <= now) {
+            self.run_until_due(now, out);
+        }
+    }
+
+    #[inline(never)]
+    fn run_until_due(&mut self, now: i128, out: &mut Vec<AnyEvent>) {
         let reset = self.next_reset.filter(|&r| r <= now);
         // Idle closes strictly before a due daily reset happen first; at the reset instant every open
         // session closes at once, in opening order, whatever its own timer says.
@@ -452,7 +461,17 @@ impl Engine {
 
     /// Drops stale entries from the top of the timer queue and re-queues a live one whose deadline moved,
     /// so that the top is exact for [`next_deadline`](Self::next_deadline).
+    #[inline]
     fn settle_top(&mut self) {
+        // The common case, checked here so that it costs no call: the top is live and exact.
+        let Some(top) = self.timers.peek() else { return };
+        if self.live(&top).is_none_or(|s| self.due_of(s.deadline) != top.due) {
+            self.settle_top_slow();
+        }
+    }
+
+    #[inline(never)]
+    fn settle_top_slow(&mut self) {
         while let Some(top) = self.timers.peek() {
             match self.live(&top).map(|s| s.deadline) {
                 None => {
@@ -486,14 +505,13 @@ impl Engine {
         self.hot.get(timer.slot as usize).filter(|s| s.seq == timer.seq)
     }
 
-    /// The hash of `key` (packed) and the slot of its open session, if any.
+    /// The hash of `key` and the slot of its open session, if any. The key is hashed and compared part
+    /// by part, never packed.
     #[inline]
     fn lookup(&self, key: &SessionKey) -> (u64, Option<u32>) {
-        with_packed(key, |packed| {
-            let hash = self.hasher.hash_one(packed);
-            let hot = &self.hot;
-            (hash, self.index.find(hash, |s| hot[s as usize].key.as_bytes() == packed))
-        })
+        let hash = hash_key(&self.hasher, key);
+        let hot = &self.hot;
+        (hash, self.index.find(hash, |s| hot[s as usize].key.matches(key)))
     }
 
     /// The slots of every open session, oldest first.
@@ -553,7 +571,7 @@ impl Engine {
             }
         };
         let (records, hasher) = (&self.hot, &self.hasher);
-        self.index.insert(hash, slot, |s| hasher.hash_one(records[s as usize].key.as_bytes()));
+        self.index.insert(hash, slot, |s| records[s as usize].key.hash(hasher));
         slot
     }
 
@@ -569,8 +587,8 @@ impl Engine {
     ) -> Option<Closed> {
         let record = self.hot.get_mut(slot as usize).filter(|s| s.seq != 0)?;
         let Hot { id, message_count, key, .. } = std::mem::replace(record, Hot::VACANT);
-        let hash = self.hasher.hash_one(key.as_bytes());
-        self.index.remove(hash, slot);
+        let key = key.unpack();
+        self.index.remove(hash_key(&self.hasher, &key), slot);
         let sess = std::mem::take(&mut self.cold[slot as usize]);
         self.free.push(slot);
         debug_assert_eq!(ended_at.as_nanosecond(), at);
@@ -578,7 +596,7 @@ impl Engine {
         let entries: Vec<TranscriptEntry> = sess.transcript.into();
         out.push(AnyEvent::SessionEnd(SessionEnd::new(
             id,
-            key.unpack(),
+            key,
             sess.user_id,
             reason,
             sess.started_at,

@@ -63,6 +63,7 @@ impl Timers {
     }
 
     /// Whether the earliest entry is the ring's front (rather than the heap's top).
+    #[inline]
     fn fifo_first(&self) -> Option<bool> {
         match (self.fifo.front(), self.heap.peek()) {
             (Some(f), Some(Reverse(h))) => Some(f <= h),
@@ -72,6 +73,7 @@ impl Timers {
         }
     }
 
+    #[inline]
     pub(crate) fn peek(&self) -> Option<Timer> {
         match self.fifo_first()? {
             true => self.fifo.front().copied(),
@@ -79,6 +81,7 @@ impl Timers {
         }
     }
 
+    #[inline]
     pub(crate) fn pop(&mut self) -> Option<Timer> {
         match self.fifo_first()? {
             true => self.fifo.pop_front(),

@@ -10,7 +10,8 @@
 /// Entries per group (the eighth word is the overflow count).
 const WIDTH: usize = 7;
 
-/// One cache line: seven entries, each `tag << 32 | (slot + 1)` (0 when empty), and the overflow count.
+/// One cache line: seven entries, each `tag << 32 | (slot + 1)` (0 when empty: no tag is 0), and the
+/// overflow count.
 #[derive(Clone, Copy, Default)]
 #[repr(align(64))]
 struct Group {
@@ -25,8 +26,10 @@ pub(super) struct Index {
     len: usize,
 }
 
+/// The high half of the hash, with its lowest bit set so that no tag is 0 and an empty entry (0) never
+/// matches one.
 fn tag(hash: u64) -> u64 {
-    hash >> 32
+    (hash >> 32) | 1
 }
 
 fn entry(hash: u64, slot: u32) -> u64 {
@@ -43,6 +46,7 @@ impl Index {
     }
 
     /// The slot whose entry has `hash`'s tag and that `eq` accepts (it compares the full keys).
+    #[inline]
     pub(super) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         if self.groups.is_empty() {
             return None;
@@ -52,7 +56,7 @@ impl Index {
         loop {
             let group = &self.groups[g];
             for &e in &group.entries {
-                if e != 0 && e >> 32 == tag {
+                if e >> 32 == tag {
                     let slot = (e as u32).wrapping_sub(1);
                     if eq(slot) {
                         return Some(slot);

@@ -1,6 +1,12 @@
 //! A session key as the engine stores it: its parts length-prefixed in one byte string, inline in the
 //! session's record when short (every key of the common `platform:chat` shape is), so that finding a
 //! key's session and comparing keys reads that one record and nothing else.
+//!
+//! A lookup never packs the key it looks for: [`hash_key`] hashes a [`SessionKey`]'s parts as they are,
+//! [`PackedKey::hash`] feeds a packed key's parts to the same hasher in the same order (so both give
+//! the same hash), and [`PackedKey::matches`] compares a packed key with a key part by part.
+
+use std::hash::{BuildHasher, Hasher};
 
 use crate::event::SessionKey;
 
@@ -46,36 +52,147 @@ impl PackedKey {
         }
     }
 
+    /// The parts of the key, as bytes: platform, chat, thread, user. Not for a vacant key.
+    fn parts(&self) -> Parts<'_> {
+        let bytes = self.as_bytes();
+        let flags = bytes[0];
+        let mut rest = &bytes[1..];
+        let mut part = || {
+            let (s, r) = split_part(rest).expect("a packed key holds whole parts");
+            rest = r;
+            s
+        };
+        let (platform, chat) = (part(), part());
+        let thread = (flags & 1 != 0).then(&mut part);
+        let user = (flags & 2 != 0).then(&mut part);
+        (platform, chat, thread, user)
+    }
+
     /// The key back (allocation-free for parts of up to 24 bytes).
     pub(super) fn unpack(&self) -> SessionKey {
-        let mut bytes = self.as_bytes();
-        let flags = bytes[0];
-        bytes = &bytes[1..];
-        let mut part = || {
-            let mut len = 0usize;
-            let mut shift = 0;
-            loop {
-                let b = bytes[0];
-                bytes = &bytes[1..];
-                len |= usize::from(b & 0x7f) << shift;
-                shift += 7;
-                if b & 0x80 == 0 {
-                    break;
-                }
-            }
-            let (s, rest) = bytes.split_at(len);
-            bytes = rest;
-            std::str::from_utf8(s).expect("a packed key holds the UTF-8 parts of a key")
-        };
-        let mut key = SessionKey::chat(part(), part());
-        if flags & 1 != 0 {
-            key = key.with_thread(part());
+        let utf8 = |s| std::str::from_utf8(s).expect("a packed key holds the UTF-8 parts of a key");
+        let (platform, chat, thread, user) = self.parts();
+        let mut key = SessionKey::chat(utf8(platform), utf8(chat));
+        if let Some(thread) = thread {
+            key = key.with_thread(utf8(thread));
         }
-        if flags & 2 != 0 {
-            key = key.with_user(part());
+        if let Some(user) = user {
+            key = key.with_user(utf8(user));
         }
         key
     }
+
+    /// The key's hash: [`hash_key`] of the key it packs. Not for a vacant key.
+    pub(super) fn hash(&self, build: &impl BuildHasher) -> u64 {
+        let (platform, chat, thread, user) = self.parts();
+        hash_parts(build, platform, chat, thread, user)
+    }
+
+    /// Whether this packs `key` (compared part by part; `false` for a vacant key).
+    #[inline]
+    pub(super) fn matches(&self, key: &SessionKey) -> bool {
+        let (thread, user) = (key.thread_id(), key.user_id());
+        let Some((&flags, rest)) = self.as_bytes().split_first() else { return false };
+        if flags != u8::from(thread.is_some()) | u8::from(user.is_some()) << 1 {
+            return false;
+        }
+        let Some(mut rest) = eat_part(rest, key.platform()).and_then(|r| eat_part(r, key.chat_id())) else {
+            return false;
+        };
+        for part in [thread, user].into_iter().flatten() {
+            match eat_part(rest, part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        rest.is_empty()
+    }
+}
+
+/// The hash of `key`, equal to [`PackedKey::hash`] of its packed form: its parts fed to one hasher
+/// (the hasher mixes each part's length in, so the boundaries between parts count).
+#[inline]
+pub(super) fn hash_key(build: &impl BuildHasher, key: &SessionKey) -> u64 {
+    let (thread, user) = (key.thread_id().map(str::as_bytes), key.user_id().map(str::as_bytes));
+    hash_parts(build, key.platform().as_bytes(), key.chat_id().as_bytes(), thread, user)
+}
+
+#[inline]
+fn hash_parts(
+    build: &impl BuildHasher,
+    platform: &[u8],
+    chat: &[u8],
+    thread: Option<&[u8]>,
+    user: Option<&[u8]>,
+) -> u64 {
+    let mut h = build.build_hasher();
+    h.write(platform);
+    h.write(chat);
+    if let Some(thread) = thread {
+        h.write_u8(1);
+        h.write(thread);
+    }
+    if let Some(user) = user {
+        h.write_u8(2);
+        h.write(user);
+    }
+    h.finish()
+}
+
+/// Splits the first packed part (its length, then its bytes) off `bytes`: the part and the rest.
+#[inline]
+fn split_part(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&b, mut rest) = bytes.split_first()?;
+    let mut len = usize::from(b & 0x7f);
+    if b & 0x80 != 0 {
+        let mut shift = 7;
+        loop {
+            let (&b, r) = rest.split_first()?;
+            rest = r;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    rest.split_at_checked(len)
+}
+
+/// A key's parts as bytes: platform, chat, thread, user.
+type Parts<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// `a == b` for slices of equal length, without a call to `memcmp` for up to 16 bytes (two overlapping
+/// word loads compare them).
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| s.get(at..at + 8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()));
+    let half = |s: &[u8], at: usize| s.get(at..at + 4).map(|w| u32::from_le_bytes(w.try_into().unwrap_or_default()));
+    match n {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => a == b,
+    }
+}
+
+/// The rest of `bytes` after its first packed part, if that part is `part`.
+#[inline]
+fn eat_part<'a>(bytes: &'a [u8], part: &str) -> Option<&'a [u8]> {
+    let (&b, rest) = bytes.split_first()?;
+    // The common case: a part shorter than 128 bytes, whose length is one byte.
+    if b & 0x80 == 0 {
+        if usize::from(b) != part.len() {
+            return None;
+        }
+        let (s, rest) = rest.split_at_checked(part.len())?;
+        return same_bytes(s, part.as_bytes()).then_some(rest);
+    }
+    let (s, rest) = split_part(bytes)?;
+    (s == part.as_bytes()).then_some(rest)
 }
 
 /// Calls `f` with `key` packed (on the stack unless the key is long; never moved, so not copied).
@@ -156,12 +273,27 @@ mod tests {
             let packed = PackedKey::of(a);
             assert_eq!(packed.unpack(), *a);
             with_packed(a, |bytes| assert_eq!(bytes, packed.as_bytes()));
+            let build = hashbrown::DefaultHashBuilder::default();
+            assert_eq!(packed.hash(&build), hash_key(&build, a));
+            assert!(same_bytes(a.chat_id().as_bytes(), a.chat_id().as_bytes()));
             for b in &keys {
                 assert_eq!(packed.as_bytes() == PackedKey::of(b).as_bytes(), a == b, "{a:?} {b:?}");
+                assert_eq!(packed.matches(b), a == b, "{a:?} {b:?}");
             }
         }
         assert!(matches!(PackedKey::of(&keys[0]), PackedKey::Inline { .. }));
         assert!(matches!(PackedKey::of(&keys[9]), PackedKey::Spilled(_)));
+        assert!(!PackedKey::VACANT.matches(&keys[3]));
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            assert!(same_bytes(&a, &a));
+            assert!(!same_bytes(&a, &a[..n.saturating_sub(1)]) || n == 0);
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x40;
+                assert!(!same_bytes(&a, &b), "{n} {i}");
+            }
+        }
         assert_eq!(varint_len(0), 1);
         assert_eq!(varint_len(127), 1);
         assert_eq!(varint_len(128), 2);
