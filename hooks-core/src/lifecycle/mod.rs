@@ -11,10 +11,12 @@
 //! `docs/lifecycle.md`: idle expiry (exact, or at sweep instants), the daily reset, the reset commands
 //! `/new` and `/reset`, auto-reset and shutdown.
 //!
-//! Costs: a hash table from session key to a slab slot and a binary heap of deadlines. A message costs
-//! one hash lookup and `O(1)` (`O(log n)` when it opens a session or its session's timer is the
-//! earliest); an expiry costs `O(log n)`. Nothing scans all sessions except the daily reset and
-//! shutdown, which close them all.
+//! Costs: an index from session key to a slab slot (one cache line per lookup) and a deadline queue
+//! (a sorted FIFO ring for deadlines queued in order, nearly all of them, and a binary heap for the
+//! rest). A message costs one index lookup and `O(1)`, plus `O(log n)` if it moved the earliest
+//! deadline and the re-queued one falls behind newer ones (it then goes to the heap); an expiry costs
+//! `O(1)` from the ring, `O(log n)` from the heap. Nothing scans all sessions except the daily reset
+//! and shutdown, which close them all.
 
 mod command;
 mod engine;

@@ -3,12 +3,11 @@
 //! time, marked as detected late. Still no I/O: the caller reads the store and passes the sessions in.
 
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
 
 use compact_str::CompactString;
 use jiff::Timestamp;
 
-use super::{Engine, Session, Timer};
+use super::{Cold, Engine, Hot, PackedKey, Timer};
 use crate::event::AnyEvent;
 use crate::store::RecoveredSession;
 
@@ -65,8 +64,8 @@ impl Engine {
         let limit = self.policy.transcript_limit;
         let mut restored = 0;
         for s in sessions {
-            let hash = self.hasher.hash_one(&s.key);
-            if self.find(hash, &s.key).is_some() {
+            let (hash, open) = self.lookup(&s.key);
+            if open.is_some() {
                 continue;
             }
             self.seq += 1;
@@ -77,18 +76,11 @@ impl Engine {
             transcript.drain(..dropped);
             let truncated = (transcript.len() as u64) < s.message_count;
             let deadline = s.last_message_at.as_nanosecond() + self.idle;
-            let session = Session {
-                key: s.key,
-                id: s.session_id,
-                user_id: CompactString::new(&s.user_id),
-                started_at: s.started_at,
-                deadline,
-                seq,
-                message_count: s.message_count,
-                transcript,
-                truncated,
-            };
-            let slot = self.place(hash, session);
+            let hot =
+                Hot { deadline, id: s.session_id, message_count: s.message_count, seq, key: PackedKey::of(&s.key) };
+            let cold =
+                Cold { user_id: CompactString::new(&s.user_id), started_at: s.started_at, transcript, truncated };
+            let slot = self.place(hash, hot, cold);
             let due = self.due_of(deadline);
             self.timers.push(Timer { due, seq, slot });
             restored += 1;
