@@ -834,20 +834,25 @@ fn open_of_key(st: &mut Stmts<'_>, key: &str) -> Result<Option<SessionId>, Store
     id.map(|b| id_from_blob(&b)).transpose()
 }
 
-fn insert_session(st: &mut Stmts<'_>, start: &SessionStart, key: &str) -> Result<(), StoreError> {
-    st.get(Sql::InsertSession)?
-        .execute(params![
-            &id_blob(start.session_id)[..],
-            key,
-            start.user_id.as_str(),
-            nanos(start.started_at),
-            start.previous_session_id.map(id_blob),
-        ])
-        .map_err(classify)?;
-    Ok(())
+/// Inserts `start`'s session row. The insert's own failure comes back as SQLite's error (inner), so
+/// that a caller can tell a constraint from other failures.
+fn insert_session(
+    st: &mut Stmts<'_>,
+    start: &SessionStart,
+    key: &str,
+) -> Result<Result<(), rusqlite::Error>, StoreError> {
+    let inserted = st.get(Sql::InsertSession)?.execute(params![
+        &id_blob(start.session_id)[..],
+        key,
+        start.user_id.as_str(),
+        nanos(start.started_at),
+        start.previous_session_id.map(id_blob),
+    ]);
+    Ok(inserted.map(|_| ()))
 }
 
-fn close_session(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<(), StoreError> {
+/// Closes `end`'s session if it is open (and drops its transcript rows); `false` if it was not open.
+fn close_session(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<bool, StoreError> {
     let id = &id_blob(end.session_id)[..];
     let changed = st
         .get(Sql::CloseSession)?
@@ -859,32 +864,54 @@ fn close_session(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<(), StoreError>
             end.message_count as i64,
         ])
         .map_err(classify)?;
-    if changed != 1 {
-        // Checked open just before, inside the same transaction: cannot happen.
-        return Err(StoreError::Backend(format!("session {} changed under its close", end.session_id).into()));
+    if changed == 0 {
+        return Ok(false);
     }
     st.get(Sql::DeleteTranscript)?.execute([id]).map_err(classify)?;
-    Ok(())
+    Ok(true)
 }
 
+/// Why a close changed nothing: the session was closed already (by whom and when), or never opened.
+fn not_closed(st: &mut Stmts<'_>, id: SessionId) -> Result<LostClose, StoreError> {
+    match session_state(st, id)? {
+        Some(lost) => Ok(lost),
+        // Open, yet the close matched no row: cannot happen inside one transaction.
+        None => Err(StoreError::Backend(format!("session {id} changed under its close").into())),
+    }
+}
+
+/// Whether an insert failed on a constraint: for a session row, its primary key (the id exists) or the
+/// one-open-session-per-key index.
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+// Opens and closes are optimistic: the write goes first and the checks run only when the database
+// refuses it (a constraint) or it changes nothing (the session is not open). Checking first cost a
+// query per open and per close that almost never found anything.
+
 fn step_open(st: &mut Stmts<'_>, start: &SessionStart) -> Result<OpenOutcome, StoreError> {
-    if session_exists(st, start.session_id)? {
-        return Err(StoreError::DuplicateSession(start.session_id));
-    }
     let key = key_json(&start.key);
-    if let Some(open) = open_of_key(st, &key)? {
-        return Ok(OpenOutcome::KeyBusy { open });
+    match insert_session(st, start, &key)? {
+        Ok(()) => Ok(OpenOutcome::Opened { start: insert_start(st, start)? }),
+        Err(e) if is_constraint(&e) => {
+            if session_exists(st, start.session_id)? {
+                return Err(StoreError::DuplicateSession(start.session_id));
+            }
+            match open_of_key(st, &key)? {
+                Some(open) => Ok(OpenOutcome::KeyBusy { open }),
+                None => Err(classify(e)),
+            }
+        }
+        Err(e) => Err(classify(e)),
     }
-    insert_session(st, start, &key)?;
-    Ok(OpenOutcome::Opened { start: insert_start(st, start)? })
 }
 
 fn step_close(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<CloseOutcome, StoreError> {
     write_counts(st, Some(end.session_id))?;
-    if let Some(lost) = session_state(st, end.session_id)? {
-        return Ok(CloseOutcome::Lost(lost));
+    if !close_session(st, end)? {
+        return Ok(CloseOutcome::Lost(not_closed(st, end.session_id)?));
     }
-    close_session(st, end)?;
     Ok(CloseOutcome::Closed { end: insert_end(st, end)? })
 }
 
@@ -893,14 +920,19 @@ fn step_rotate(st: &mut Stmts<'_>, end: &SessionEnd, start: &SessionStart) -> Re
         return Err(StoreError::NotASuccessor { end: end.session_id, start: start.session_id });
     }
     write_counts(st, Some(end.session_id))?;
-    if let Some(lost) = session_state(st, end.session_id)? {
-        return Ok(RotateOutcome::Lost(lost));
-    }
+    // Checked before the close, which a refused rotation must not leave behind; a lost close is the
+    // answer even then.
     if session_exists(st, start.session_id)? {
+        if let Some(lost) = session_state(st, end.session_id)? {
+            return Ok(RotateOutcome::Lost(lost));
+        }
         return Err(StoreError::DuplicateSession(start.session_id));
     }
-    close_session(st, end)?;
-    insert_session(st, start, &key_json(&start.key))?;
+    if !close_session(st, end)? {
+        return Ok(RotateOutcome::Lost(not_closed(st, end.session_id)?));
+    }
+    // The key's only open session was just closed, and the id is new: the insert cannot conflict.
+    insert_session(st, start, &key_json(&start.key))?.map_err(classify)?;
     let e = insert_end(st, end)?;
     let s = insert_start(st, start)?;
     Ok(RotateOutcome::Rotated { end: e, start: s })
