@@ -2,6 +2,7 @@
 //! See [`SqliteStore`] for the schema, the threads and group commit.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -461,9 +462,12 @@ impl SqliteStore {
     /// step is that step's outcome.
     pub fn submit(&self, steps: Arc<Vec<Step>>, deliveries: &[DeliveryRecord<'_>]) -> Result<Commit, StoreError> {
         let deliveries = Deliveries::new(deliveries);
+        // The outbox payloads are encoded here, on the caller's thread, which would otherwise wait for
+        // the writer: the writer thread is the bottleneck of a durable replay.
+        let payloads: Vec<Vec<Vec<u8>>> = steps.iter().map(encode_step).collect();
         let rx = self.send(move |conn| {
             deliveries.record(conn)?;
-            apply_steps(conn, &steps)
+            apply_steps(conn, &steps, Some(&payloads))
         })?;
         Ok(Commit { rx, done: None })
     }
@@ -761,11 +765,27 @@ struct Stmts<'c> {
     /// (nanoseconds) so far: the session row is read once and written once per job (see
     /// [`write_counts`]), not once per message.
     counted: HashMap<SessionId, (i64, i64)>,
+    /// The current step's outbox payloads encoded ahead, last one first (see [`Stmts::payload`]).
+    encoded: Vec<&'c [u8]>,
 }
 
 impl<'c> Stmts<'c> {
     fn new(conn: &'c Connection) -> Self {
-        Self { conn, prepared: Default::default(), now: nanos(Timestamp::now()), counted: HashMap::new() }
+        Self {
+            conn,
+            prepared: Default::default(),
+            now: nanos(Timestamp::now()),
+            counted: HashMap::new(),
+            encoded: Vec::new(),
+        }
+    }
+
+    /// The next outbox payload of the current step: encoded ahead if it was, else by `encode`.
+    fn payload(&mut self, encode: impl FnOnce() -> Vec<u8>) -> Cow<'c, [u8]> {
+        match self.encoded.pop() {
+            Some(bytes) => Cow::Borrowed(bytes),
+            None => Cow::Owned(encode()),
+        }
     }
 
     fn get(&mut self, sql: Sql) -> Result<&mut CachedStatement<'c>, StoreError> {
@@ -778,14 +798,15 @@ impl<'c> Stmts<'c> {
 }
 
 fn insert_outbox(st: &mut Stmts<'_>, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
-    insert_outbox_row(st, event.event_id(), event.name(), codec::encode(event))
+    let payload = st.payload(|| codec::encode(event));
+    insert_outbox_row(st, event.event_id(), event.name(), &payload)
 }
 
 fn insert_outbox_row(
     st: &mut Stmts<'_>,
     event_id: EventId,
     name: &str,
-    payload: Vec<u8>,
+    payload: &[u8],
 ) -> Result<OutboxSeq, StoreError> {
     let now = st.now;
     st.get(Sql::InsertOutbox)?
@@ -795,11 +816,13 @@ fn insert_outbox_row(
 }
 
 fn insert_start(st: &mut Stmts<'_>, start: &SessionStart) -> Result<OutboxSeq, StoreError> {
-    insert_outbox_row(st, start.event_id, "session_start", codec::encode_start(start))
+    let payload = st.payload(|| codec::encode_start(start));
+    insert_outbox_row(st, start.event_id, "session_start", &payload)
 }
 
 fn insert_end(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<OutboxSeq, StoreError> {
-    insert_outbox_row(st, end.event_id, "session_end", codec::encode_end(end))
+    let payload = st.payload(|| codec::encode_end(end));
+    insert_outbox_row(st, end.event_id, "session_end", &payload)
 }
 
 /// `Ok(None)` if open, `Ok(Some(lost))` if closed, `Err(UnknownSession)` if never opened.
@@ -1062,11 +1085,32 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
     Ok(Recovery { sessions, pending, dead_letters: dead as u64 })
 }
 
-/// Runs each step; a refused step is its own outcome, a backend failure fails them all.
-fn apply_steps(conn: &Connection, steps: &[Step]) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
+/// The outbox payloads `step` records, in the order it inserts them (for [`SqliteStore::submit`]).
+fn encode_step(step: &Step) -> Vec<Vec<u8>> {
+    match step {
+        Step::Open(start) => vec![codec::encode_start(start)],
+        Step::Close(end) => vec![codec::encode_end(end)],
+        Step::Rotate(end, start) => vec![codec::encode_end(end), codec::encode_start(start)],
+        Step::Record(event) => vec![codec::encode(event)],
+        Step::Message(_) => Vec::new(),
+    }
+}
+
+/// Runs each step; a refused step is its own outcome, a backend failure fails them all. `payloads`,
+/// if given, holds each step's outbox payloads encoded ahead ([`encode_step`]); else they are encoded
+/// here.
+fn apply_steps<'c>(
+    conn: &'c Connection,
+    steps: &[Step],
+    payloads: Option<&'c [Vec<Vec<u8>>]>,
+) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
     let mut out = Vec::with_capacity(steps.len());
     let mut st = Stmts::new(conn);
-    for step in steps {
+    for (i, step) in steps.iter().enumerate() {
+        st.encoded.clear();
+        if let Some(payloads) = payloads {
+            st.encoded.extend(payloads[i].iter().rev().map(Vec::as_slice));
+        }
         let result = match step {
             Step::Open(start) => step_open(&mut st, start).map(StepOutcome::Opened),
             Step::Close(end) => step_close(&mut st, end).map(StepOutcome::Closed),
@@ -1276,7 +1320,7 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, steps: Vec<Step>) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
-        self.call(move |conn| apply_steps(conn, &steps)).await
+        self.call(move |conn| apply_steps(conn, &steps, None)).await
     }
 
     async fn record_delivery(&self, record: &DeliveryRecord<'_>) -> Result<(), StoreError> {
