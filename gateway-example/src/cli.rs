@@ -63,7 +63,7 @@ enum Cmd {
 
         /// The fewest records per transaction with --store sqlite:PATH (group commit). A batch is
         /// committed once it has this many records and the previous commit is done, so batches grow
-        /// while the disk is slow (up to 64 times this). Command hooks decide inline, as in `serve`,
+        /// while the disk is slow (up to 4 times this). Command hooks decide inline, as in `serve`,
         /// possibly before the events of batches still committing are delivered.
         #[arg(long, value_name = "N", default_value_t = 512)]
         batch: usize,
