@@ -85,6 +85,17 @@ pub async fn open_sqlite(path: &Path, options: SqliteOptions) -> Result<SqliteSt
     store.with_context(|| format!("opening the session database {}", path.display()))
 }
 
+/// What the durable path of a replay recorded (see [`Summary::durable`](crate::replay::Summary::durable)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DurableCounts {
+    /// Events recorded in the outbox and delivered after their commit.
+    pub recorded: u64,
+    /// Transactions committed (group commits).
+    pub commits: u64,
+    /// Events whose delivery failed for some handler (dead letters).
+    pub dead_letters: u64,
+}
+
 /// Replay's durable path: the engine's output and the messages are committed to SQLite in batches
 /// (group commit), and each batch is delivered only after its commit, then its deliveries recorded.
 ///
@@ -104,12 +115,8 @@ pub struct DurableReplay {
     in_flight: VecDeque<(Arc<Vec<Step>>, Commit)>,
     inputs: usize,
     batch: usize,
-    /// Events recorded (session events and messages).
-    pub recorded: u64,
-    /// Events whose delivery failed for some handler (moved to the dead-letter state).
-    pub dead_letters: u64,
-    /// Transactions committed.
-    pub commits: u64,
+    /// What was recorded, committed and dead-lettered so far.
+    pub counts: DurableCounts,
 }
 
 /// How many times `batch` records may be staged while two commits are running before replay waits for
@@ -147,9 +154,7 @@ impl DurableReplay {
             in_flight: VecDeque::new(),
             inputs: 0,
             batch: batch.max(1),
-            recorded: 0,
-            dead_letters: 0,
-            commits: 0,
+            counts: DurableCounts::default(),
         })
     }
 
@@ -235,14 +240,14 @@ impl DurableReplay {
     async fn deliver_oldest(&mut self, dispatcher: &Dispatcher) -> Result<()> {
         let Some((steps, commit)) = self.in_flight.pop_front() else { return Ok(()) };
         let outcomes = commit.wait().await.context("the session store failed")?;
-        self.commits += 1;
+        self.counts.commits += 1;
         for (step, outcome) in steps.iter().zip(outcomes) {
             for (seq, event) in recorded_events(step, outcome)? {
                 let outcomes = dispatcher.deliver_any_detailed(&event, 1, &[]).await;
                 // Per-handler rows are written only for an attempt that failed somewhere; a delivery
                 // every handler took is recorded by its position alone.
                 let results: Vec<HandlerResult> = if outcomes.iter().any(|o| o.error.is_some()) {
-                    self.dead_letters += 1;
+                    self.counts.dead_letters += 1;
                     outcomes
                         .into_iter()
                         .map(|o| HandlerResult { handler: o.hook.to_string(), error: o.error })
@@ -250,7 +255,7 @@ impl DurableReplay {
                 } else {
                     Vec::new()
                 };
-                self.recorded += 1;
+                self.counts.recorded += 1;
                 self.unrecorded.push((seq, results));
             }
         }

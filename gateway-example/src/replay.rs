@@ -21,7 +21,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::durable::{DurableOptions, DurableReplay, open_sqlite};
+use crate::durable::{DurableCounts, DurableOptions, DurableReplay, open_sqlite};
 use crate::hooks::metrics::{Metrics, MetricsSnapshot};
 use crate::input::{Line, LineError, is_command, parse_line};
 
@@ -69,17 +69,6 @@ pub struct Summary {
     pub wall_seconds: f64,
     /// Lines read per second of wall time.
     pub records_per_second: f64,
-}
-
-/// What the durable path of a replay recorded (see [`Summary::durable`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DurableCounts {
-    /// Events recorded in the outbox and delivered after their commit.
-    pub recorded: u64,
-    /// Transactions committed (group commits).
-    pub commits: u64,
-    /// Events whose delivery failed for some handler (dead letters).
-    pub dead_letters: u64,
 }
 
 impl Summary {
@@ -296,8 +285,7 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
     r.deliver_pending().await;
     if let Some(d) = &mut r.durable {
         d.finish(r.dispatcher).await?;
-        r.summary.durable =
-            Some(DurableCounts { recorded: d.recorded, commits: d.commits, dead_letters: d.dead_letters });
+        r.summary.durable = Some(d.counts);
     }
     let mut shutdown = GatewayShutdown::new(end, before);
     shutdown.event_id = line_event_id(KIND_GATEWAY, u64::MAX);

@@ -11,46 +11,18 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use hooks_core::event::{AnyEvent, SessionKey};
 use hooks_core::lifecycle::{Engine, Policy, SessionIds};
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[path = "support/lifecycle_setup.rs"]
+mod setup;
+
+use setup::{IDLE, keys, populated, t0};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
-const IDLE: Duration = Duration::from_secs(30 * 60);
-
-fn t0() -> Timestamp {
-    "2024-01-01T00:00:00Z".parse().unwrap()
-}
-
-fn keys(n: usize) -> Vec<SessionKey> {
-    (0..n).map(|i| SessionKey::chat("telegram", format!("{}", 1_000_000_000 + i))).collect()
-}
-
-fn policy() -> Policy {
-    // Transcripts are measured separately (they are the messages themselves); the engine's own cost is
-    // what these benchmarks track.
-    Policy { idle_timeout: IDLE, transcript_limit: 0, ..Policy::default() }
-}
-
-/// An engine with `keys.len()` open sessions. With `spread`, their idle deadlines are spread evenly
-/// over one idle timeout, so that advancing the clock by `IDLE / n` expires exactly one session;
-/// without, they all open within a microsecond and nothing expires for half an hour.
-fn populated(keys: &[SessionKey], spread: bool) -> (Engine, Timestamp, SignedDuration) {
-    let n = keys.len() as i64;
-    let step = SignedDuration::from_nanos(if spread { (IDLE.as_nanos() as i64) / n } else { 1 });
-    let mut engine = Engine::new(policy(), SessionIds::Sequential);
-    let mut out = Vec::new();
-    let mut t = t0();
-    for k in keys {
-        engine.message(k, "42", "hello", t, &mut out);
-        out.clear();
-        t += step;
-    }
-    (engine, t - step, step)
-}
-
 fn memory_report() {
     for &n in &SIZES {
         let keys = keys(n);

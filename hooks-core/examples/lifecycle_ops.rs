@@ -12,34 +12,16 @@
 //! of open sessions; the number of measured operations. Divide the callgrind total (`Ir`) by the last.
 //! Without valgrind it prints the wall-clock time per operation (one run, for a quick look).
 
+#[path = "../benches/support/lifecycle_setup.rs"]
+mod setup;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use hooks_core::event::{AnyEvent, SessionKey};
 use hooks_core::lifecycle::{Engine, Policy, SessionIds};
 use jiff::{SignedDuration, Timestamp};
-
-const IDLE: Duration = Duration::from_secs(30 * 60);
-
-fn t0() -> Timestamp {
-    "2024-01-01T00:00:00Z".parse().expect("a valid timestamp")
-}
-
-/// An engine with one session per key, as the benchmark builds it.
-fn populated(keys: &[SessionKey], spread: bool) -> (Engine, Timestamp, SignedDuration) {
-    let n = keys.len() as i64;
-    let step = SignedDuration::from_nanos(if spread { (IDLE.as_nanos() as i64) / n } else { 1 });
-    let policy = Policy { idle_timeout: IDLE, transcript_limit: 0, ..Policy::default() };
-    let mut engine = Engine::new(policy, SessionIds::Sequential);
-    let mut out = Vec::new();
-    let mut t = t0();
-    for k in keys {
-        engine.message(k, "42", "hello", t, &mut out);
-        out.clear();
-        t += step;
-    }
-    (engine, t - step, step)
-}
+use setup::{IDLE, keys, populated, t0};
 
 /// `ops` messages to `keys` with `stride`, the clock moving 1 ns each.
 #[inline(never)]
@@ -73,8 +55,7 @@ fn main() {
         std::process::exit(2);
     };
     let (n, ops): (usize, usize) = (n.parse().expect(usage), ops.parse().expect(usage));
-    let keys: Vec<SessionKey> =
-        (0..n).map(|i| SessionKey::chat("telegram", format!("{}", 1_000_000_000 + i))).collect();
+    let keys = keys(n);
     let started;
     match kind.as_str() {
         "message" => {

@@ -288,6 +288,8 @@ pub struct DeliveryRecord<'a> {
     /// The attempt number (1 for the first delivery).
     pub attempt: u32,
     /// One result per handler called in this attempt (handlers done in earlier attempts are not called).
+    /// An attempt in which every handler succeeded may list none: stores keep per-handler rows only for
+    /// attempts that failed somewhere, and "no failure listed" means delivered.
     pub results: &'a [HandlerResult],
     /// Whether the event gives up: some handler failed and this was the last allowed attempt. The event
     /// moves to the dead-letter state with the errors, instead of staying pending.

@@ -970,21 +970,17 @@ fn step_record(st: &mut Stmts<'_>, event: &AnyEvent) -> Result<OutboxSeq, StoreE
 
 fn step_message(st: &mut Stmts<'_>, m: &RoutedMessage) -> Result<(), StoreError> {
     let id = &id_blob(m.session_id)[..];
-    if !st.counted.contains_key(&m.session_id) {
-        let row: Option<(i64, i64)> =
-            st.get(Sql::ReadCount)?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(classify)?;
-        let Some(row) = row else { return Err(StoreError::UnknownSession(m.session_id)) };
-        st.counted.insert(m.session_id, row);
-    }
-    let at = nanos(m.at);
-    let n = match st.counted.get_mut(&m.session_id) {
-        Some((count, last)) => {
-            *count += 1;
-            *last = (*last).max(at);
-            *count
-        }
-        None => unreachable!("inserted above"),
+    let (count, last) = match st.counted.get(&m.session_id) {
+        Some(&counted) => counted,
+        None => st
+            .get(Sql::ReadCount)?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(classify)?
+            .ok_or(StoreError::UnknownSession(m.session_id))?,
     };
+    let (at, n) = (nanos(m.at), count + 1);
+    st.counted.insert(m.session_id, (n, last.max(at)));
     st.get(Sql::InsertTranscript)?.execute(params![id, n, at, m.user_id.as_str(), m.text]).map_err(classify)?;
     Ok(())
 }
