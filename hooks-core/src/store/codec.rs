@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{
     AgentTurnEnd, AgentTurnStart, AnyEvent, CloseReason, Command, EventId, GatewayShutdown, GatewayStartup,
-    MessageReceived, SessionEnd, SessionId, SessionKey, SessionStart, StartCause, Transcript, TurnOutcome,
+    MessageReceived, SessionEnd, SessionId, SessionKey, SessionStart, StartCause, Transcript, TranscriptEntry,
+    TurnOutcome,
 };
+use crate::store::RoutedMessage;
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -199,6 +201,48 @@ pub(crate) fn encode_json(event: &AnyEvent) -> String {
     let bytes = encode(event);
     let stored: Stored = rmp_serde::from_slice(&bytes).expect("just encoded");
     serde_json::to_string(&stored).expect("outbox events serialize")
+}
+
+/// The stored form of a transcript chunk: some consecutive messages of one session, oldest first,
+/// each `[at, user_id, text]` with `at` in nanoseconds since the Unix epoch (UTC). MessagePack, as
+/// [`decode_chunk`] reads it back; schema version 2's rows were migrated to the same array in JSON.
+pub(crate) fn encode_chunk(messages: &[&RoutedMessage]) -> Vec<u8> {
+    let entries: Vec<(i64, &str, &str)> =
+        messages.iter().map(|m| (nanos(m.at), m.user_id.as_str(), m.text.as_str())).collect();
+    let size = messages.iter().map(|m| m.user_id.len() + m.text.len() + 16).sum::<usize>() + 8;
+    let mut bytes = Vec::with_capacity(size);
+    rmp_serde::encode::write(&mut bytes, &entries).expect("transcript chunks serialize");
+    bytes
+}
+
+/// The messages of a transcript chunk, appended to `into`: MessagePack bytes as [`encode_chunk`]
+/// writes them, or JSON text (rows migrated from schema version 2).
+pub(crate) fn decode_chunk(stored: Chunk<'_>, into: &mut Vec<TranscriptEntry>) -> Result<(), DecodeError> {
+    let entries: Vec<(i64, CompactString, String)> = match stored {
+        Chunk::MessagePack(bytes) => rmp_serde::from_slice(bytes)?,
+        Chunk::Json(text) => serde_json::from_str(text)?,
+    };
+    into.extend(entries.into_iter().map(|(at, user_id, text)| TranscriptEntry { at: from_nanos(at), user_id, text }));
+    Ok(())
+}
+
+/// A transcript chunk as read from its row (see [`decode_chunk`]).
+pub(crate) enum Chunk<'a> {
+    /// Written by this version.
+    MessagePack(&'a [u8]),
+    /// Migrated from schema version 2.
+    Json(&'a str),
+}
+
+/// Nanoseconds since the Unix epoch (UTC), as the store keeps times.
+pub(crate) fn nanos(t: Timestamp) -> i64 {
+    // i64 nanoseconds reach the year 2262; later times (never produced by a real clock) saturate.
+    i64::try_from(t.as_nanosecond()).unwrap_or(if t < Timestamp::UNIX_EPOCH { i64::MIN } else { i64::MAX })
+}
+
+/// The time `n` nanoseconds after the Unix epoch (UTC); the epoch itself if out of range.
+pub(crate) fn from_nanos(n: i64) -> Timestamp {
+    Timestamp::from_nanosecond(i128::from(n)).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 fn from_stored(stored: Stored) -> AnyEvent {

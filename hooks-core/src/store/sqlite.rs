@@ -12,19 +12,19 @@ use std::time::Duration;
 
 use compact_str::CompactString;
 use jiff::Timestamp;
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{CachedStatement, Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::codec;
+use super::codec::{self, from_nanos, nanos};
 use super::{
     CloseOutcome, DeliveryRecord, LostClose, OpenOutcome, OpenSession, OutboxEntry, OutboxSeq, PendingDelivery,
     RecoveredSession, Recovery, RotateOutcome, RoutedMessage, Step, StepOutcome, Store, StoreError,
 };
-use crate::event::{AnyEvent, CloseReason, EventId, SessionEnd, SessionId, SessionKey, SessionStart, TranscriptEntry};
+use crate::event::{AnyEvent, CloseReason, EventId, SessionEnd, SessionId, SessionKey, SessionStart};
 
 /// The newest schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v - 1` to `v`.
 const MIGRATIONS: &[&str] = &[
@@ -134,6 +134,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_dead ON outbox (seq) WHERE state = 'dead';
     DELETE FROM sqlite_sequence WHERE name = 'outbox';
 ",
+    "
+    -- Version 3, for throughput (see docs/operations.md#throughput): a session's messages are stored
+    -- in chunks, one row per session and group-commit job holding that job's messages in order,
+    -- instead of one row per message; a session that opens and closes within one job writes none.
+    -- `first` is the message number (1-based) of a chunk's first message. `messages` is MessagePack,
+    -- an array of [at (ns since the Unix epoch, UTC), user_id, text]; rows migrated from version 2
+    -- hold the same array as JSON text.
+    CREATE TABLE transcript_chunks (
+        session_id BLOB NOT NULL,
+        first INTEGER NOT NULL,
+        messages BLOB NOT NULL,
+        PRIMARY KEY (session_id, first)
+    ) WITHOUT ROWID;
+    INSERT INTO transcript_chunks
+        SELECT session_id, min(n), json_group_array(json_array(at, user_id, text) ORDER BY n)
+        FROM transcript GROUP BY session_id;
+    DROP TABLE transcript;
+",
 ];
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous`, in WAL mode).
@@ -226,13 +244,15 @@ struct Job {
 
 /// A [`Store`] in one SQLite file (WAL mode), safe across crashes.
 ///
-/// # Schema (version 2)
+/// # Schema (version 3)
 ///
 /// - `sessions`: one row per session, keyed by its id (16 bytes, big-endian UUID), `state` `open` or
 ///   `closed`. A partial unique index on `key` where `state = 'open'` makes "at most one open session
 ///   per key" a database constraint, not a convention.
-/// - `transcript`: the messages of open sessions (deleted in the transaction that closes the session:
-///   its `SessionEnd` in the outbox carries them from then on).
+/// - `transcript_chunks`: the messages of open sessions, one row per session and job holding that
+///   job's messages in order (MessagePack), keyed by session and the number of the chunk's first
+///   message. They are deleted in the transaction that closes the session: its `SessionEnd` in the
+///   outbox carries them from then on.
 /// - `outbox`: recorded events in order of `seq`, the payload in MessagePack (JSON text for rows
 ///   written by version 1), `state` `pending` or `dead`; a delivered event's row is deleted.
 /// - `deliveries`: per event and handler, attempts and the last error, so a re-delivery skips the
@@ -300,16 +320,6 @@ fn classify(e: rusqlite::Error) -> StoreError {
 
 fn corrupt(path: &Path, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { path: path.to_owned(), detail: detail.to_string() }
-}
-
-/// Nanoseconds since the Unix epoch, as SQLite stores them.
-fn nanos(t: Timestamp) -> i64 {
-    // i64 nanoseconds reach the year 2262; later times (never produced by a real clock) saturate.
-    i64::try_from(t.as_nanosecond()).unwrap_or(if t < Timestamp::UNIX_EPOCH { i64::MIN } else { i64::MAX })
-}
-
-fn from_nanos(n: i64) -> Timestamp {
-    Timestamp::from_nanosecond(i128::from(n)).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// A session id as stored: its 16 bytes, big-endian (the UUID's own byte order).
@@ -740,17 +750,29 @@ impl Sql {
                  VALUES (?1, ?2, ?3, ?4, ?4, 'open', ?5)"
             }
             Sql::CloseSession => {
-                "UPDATE sessions SET state = 'closed', reason = ?2, ended_at = ?3, detected_at = ?4, message_count = ?5
+                "UPDATE sessions SET state = 'closed', reason = ?2, ended_at = ?3, detected_at = ?4, message_count = ?5,
+                        last_message_at = max(last_message_at, ?6)
                  WHERE id = ?1 AND state = 'open'"
             }
-            Sql::DeleteTranscript => "DELETE FROM transcript WHERE session_id = ?1",
+            Sql::DeleteTranscript => "DELETE FROM transcript_chunks WHERE session_id = ?1",
             Sql::ReadCount => "SELECT message_count, last_message_at FROM sessions WHERE id = ?1 AND state = 'open'",
             Sql::WriteCount => "UPDATE sessions SET message_count = ?2, last_message_at = ?3 WHERE id = ?1",
-            Sql::InsertTranscript => {
-                "INSERT INTO transcript (session_id, n, at, user_id, text) VALUES (?1, ?2, ?3, ?4, ?5)"
-            }
+            Sql::InsertTranscript => "INSERT INTO transcript_chunks (session_id, first, messages) VALUES (?1, ?2, ?3)",
         }
     }
+}
+
+/// What a job did to one open session that its rows do not show yet.
+struct Touched<'c> {
+    /// The message count so far: the row's, plus this job's messages.
+    count: i64,
+    /// The last message time so far (nanoseconds since the Unix epoch, UTC).
+    last: i64,
+    /// Whether this job opened the session: then no transcript chunk of it exists outside this job, and
+    /// closing it has none to delete.
+    opened_here: bool,
+    /// This job's messages to the session, oldest first.
+    messages: Vec<&'c RoutedMessage>,
 }
 
 /// A job's prepared statements, each taken from the connection's cache on first use and returned to
@@ -761,10 +783,10 @@ struct Stmts<'c> {
     /// When the job started (nanoseconds since the Unix epoch, UTC): the `recorded_at` of every event
     /// it records (one clock read per job, not per row).
     now: i64,
-    /// Sessions whose messages this job counted, with their message count and last message time
-    /// (nanoseconds) so far: the session row is read once and written once per job (see
-    /// [`write_counts`]), not once per message.
-    counted: HashMap<SessionId, (i64, i64)>,
+    /// Sessions this job opened or routed messages to, with what it still owes their rows: a session
+    /// row is read at most once and written at most once per job, and its messages become one
+    /// transcript chunk (see [`flush`]), not one row each.
+    touched: HashMap<SessionId, Touched<'c>>,
     /// The current step's outbox payloads encoded ahead, last one first (see [`Stmts::payload`]).
     encoded: Vec<&'c [u8]>,
 }
@@ -775,7 +797,7 @@ impl<'c> Stmts<'c> {
             conn,
             prepared: Default::default(),
             now: nanos(Timestamp::now()),
-            counted: HashMap::new(),
+            touched: HashMap::new(),
             encoded: Vec::new(),
         }
     }
@@ -874,9 +896,14 @@ fn insert_session(
     Ok(inserted.map(|_| ()))
 }
 
-/// Closes `end`'s session if it is open (and drops its transcript rows); `false` if it was not open.
+/// Closes `end`'s session if it is open (and drops its transcript chunks: its `SessionEnd` carries the
+/// transcript from then on); `false` if it was not open. What this job owed the session's row is
+/// settled by the same update: the count is the `SessionEnd`'s, and this job's messages, already in
+/// the `SessionEnd`, are never written as a chunk.
 fn close_session(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<bool, StoreError> {
     let id = &id_blob(end.session_id)[..];
+    let touched = st.touched.remove(&end.session_id);
+    let last = touched.as_ref().map_or(i64::MIN, |t| t.last);
     let changed = st
         .get(Sql::CloseSession)?
         .execute(params![
@@ -885,12 +912,15 @@ fn close_session(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<bool, StoreErro
             nanos(end.ended_at),
             nanos(end.detected_at),
             end.message_count as i64,
+            last,
         ])
         .map_err(classify)?;
     if changed == 0 {
         return Ok(false);
     }
-    st.get(Sql::DeleteTranscript)?.execute([id]).map_err(classify)?;
+    if !touched.is_some_and(|t| t.opened_here) {
+        st.get(Sql::DeleteTranscript)?.execute([id]).map_err(classify)?;
+    }
     Ok(true)
 }
 
@@ -916,7 +946,10 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 fn step_open(st: &mut Stmts<'_>, start: &SessionStart) -> Result<OpenOutcome, StoreError> {
     let key = key_json(&start.key);
     match insert_session(st, start, &key)? {
-        Ok(()) => Ok(OpenOutcome::Opened { start: insert_start(st, start)? }),
+        Ok(()) => {
+            opened(st, start);
+            Ok(OpenOutcome::Opened { start: insert_start(st, start)? })
+        }
         Err(e) if is_constraint(&e) => {
             if session_exists(st, start.session_id)? {
                 return Err(StoreError::DuplicateSession(start.session_id));
@@ -931,7 +964,6 @@ fn step_open(st: &mut Stmts<'_>, start: &SessionStart) -> Result<OpenOutcome, St
 }
 
 fn step_close(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<CloseOutcome, StoreError> {
-    write_counts(st, Some(end.session_id))?;
     if !close_session(st, end)? {
         return Ok(CloseOutcome::Lost(not_closed(st, end.session_id)?));
     }
@@ -942,7 +974,6 @@ fn step_rotate(st: &mut Stmts<'_>, end: &SessionEnd, start: &SessionStart) -> Re
     if start.key != end.key || start.previous_session_id != Some(end.session_id) {
         return Err(StoreError::NotASuccessor { end: end.session_id, start: start.session_id });
     }
-    write_counts(st, Some(end.session_id))?;
     // Checked before the close, which a refused rotation must not leave behind; a lost close is the
     // answer even then.
     if session_exists(st, start.session_id)? {
@@ -956,6 +987,7 @@ fn step_rotate(st: &mut Stmts<'_>, end: &SessionEnd, start: &SessionStart) -> Re
     }
     // The key's only open session was just closed, and the id is new: the insert cannot conflict.
     insert_session(st, start, &key_json(&start.key))?.map_err(classify)?;
+    opened(st, start);
     let e = insert_end(st, end)?;
     let s = insert_start(st, start)?;
     Ok(RotateOutcome::Rotated { end: e, start: s })
@@ -968,32 +1000,42 @@ fn step_record(st: &mut Stmts<'_>, event: &AnyEvent) -> Result<OutboxSeq, StoreE
     insert_outbox(st, event)
 }
 
-fn step_message(st: &mut Stmts<'_>, m: &RoutedMessage) -> Result<(), StoreError> {
-    let id = &id_blob(m.session_id)[..];
-    let (count, last) = match st.counted.get(&m.session_id) {
-        Some(&counted) => counted,
-        None => st
+fn step_message<'c>(st: &mut Stmts<'c>, m: &'c RoutedMessage) -> Result<(), StoreError> {
+    if !st.touched.contains_key(&m.session_id) {
+        let (count, last) = st
             .get(Sql::ReadCount)?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([&id_blob(m.session_id)[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(classify)?
-            .ok_or(StoreError::UnknownSession(m.session_id))?,
-    };
-    let (at, n) = (nanos(m.at), count + 1);
-    st.counted.insert(m.session_id, (n, last.max(at)));
-    st.get(Sql::InsertTranscript)?.execute(params![id, n, at, m.user_id.as_str(), m.text]).map_err(classify)?;
+            .ok_or(StoreError::UnknownSession(m.session_id))?;
+        st.touched.insert(m.session_id, Touched { count, last, opened_here: false, messages: Vec::new() });
+    }
+    let touched = st.touched.get_mut(&m.session_id).expect("inserted just above");
+    touched.count += 1;
+    touched.last = touched.last.max(nanos(m.at));
+    touched.messages.push(m);
     Ok(())
 }
 
-/// Writes the message counts and last message times this job accumulated to the session rows: those of
-/// `only`, before a step that closes it, or all of them at the end of the job.
-fn write_counts(st: &mut Stmts<'_>, only: Option<SessionId>) -> Result<(), StoreError> {
-    let counted: Vec<(SessionId, (i64, i64))> = match only {
-        Some(id) => st.counted.remove(&id).map(|c| (id, c)).into_iter().collect(),
-        None => st.counted.drain().collect(),
-    };
-    for (id, (count, last)) in counted {
-        st.get(Sql::WriteCount)?.execute(params![&id_blob(id)[..], count, last]).map_err(classify)?;
+/// Notes a session this job opened: its row says no messages, and no transcript chunk of it exists.
+fn opened(st: &mut Stmts<'_>, start: &SessionStart) {
+    let at = nanos(start.started_at);
+    st.touched.insert(start.session_id, Touched { count: 0, last: at, opened_here: true, messages: Vec::new() });
+}
+
+/// At the end of a job, writes what it owes the sessions it routed messages to and did not close:
+/// each one's message count and last message time, and its messages as one transcript chunk.
+fn flush(st: &mut Stmts<'_>) -> Result<(), StoreError> {
+    let touched = std::mem::take(&mut st.touched);
+    for (id, t) in touched {
+        if t.messages.is_empty() {
+            continue;
+        }
+        let id = &id_blob(id)[..];
+        st.get(Sql::WriteCount)?.execute(params![id, t.count, t.last]).map_err(classify)?;
+        let first = t.count - t.messages.len() as i64 + 1;
+        let chunk = codec::encode_chunk(&t.messages);
+        st.get(Sql::InsertTranscript)?.execute(params![id, first, chunk]).map_err(classify)?;
     }
     Ok(())
 }
@@ -1023,22 +1065,23 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
                 ))
             })
             .map_err(classify)?;
-        let mut transcript = conn
-            .prepare("SELECT at, user_id, text FROM transcript WHERE session_id = ?1 ORDER BY n")
+        let mut chunks = conn
+            .prepare("SELECT messages FROM transcript_chunks WHERE session_id = ?1 ORDER BY first")
             .map_err(classify)?;
         for row in rows {
             let (id, key, user_id, started_at, last, count) = row.map_err(classify)?;
-            let entries = transcript
-                .query_map([&id], |r| {
-                    Ok(TranscriptEntry {
-                        at: from_nanos(r.get(0)?),
-                        user_id: CompactString::new(r.get::<_, String>(1)?),
-                        text: r.get(2)?,
-                    })
-                })
-                .map_err(classify)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(classify)?;
+            let mut entries = Vec::new();
+            let mut stored = chunks.query([&id]).map_err(classify)?;
+            while let Some(r) = stored.next().map_err(classify)? {
+                let chunk = match r.get_ref(0).map_err(classify)? {
+                    ValueRef::Blob(bytes) => codec::Chunk::MessagePack(bytes),
+                    ValueRef::Text(text) => {
+                        codec::Chunk::Json(std::str::from_utf8(text).map_err(|e| bad_row("transcript chunk", e))?)
+                    }
+                    other => return Err(bad_row("transcript chunk", format!("a {:?} value", other.data_type()))),
+                };
+                codec::decode_chunk(chunk, &mut entries).map_err(|e| bad_row("transcript chunk", e))?;
+            }
             sessions.push(RecoveredSession {
                 session_id: id_from_blob(&id)?,
                 key: serde_json::from_str(&key).map_err(|e| bad_row("session key", e))?,
@@ -1097,7 +1140,7 @@ fn encode_step(step: &Step) -> Vec<Vec<u8>> {
 /// here.
 fn apply_steps<'c>(
     conn: &'c Connection,
-    steps: &[Step],
+    steps: &'c [Step],
     payloads: Option<&'c [Vec<Vec<u8>>]>,
 ) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
     let mut out = Vec::with_capacity(steps.len());
@@ -1120,7 +1163,7 @@ fn apply_steps<'c>(
             other => out.push(other),
         }
     }
-    write_counts(&mut st, None)?;
+    flush(&mut st)?;
     Ok(out)
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::event::TranscriptEntry;
 use crate::event::{StartCause, Transcript};
 use crate::store::HandlerResult;
 
@@ -386,5 +387,64 @@ fn messages_counted_in_one_batch_reach_the_session_row_before_its_close_and_at_t
         // A later batch continues the count from the row.
         store.apply(vec![msg(1, 6)]).await.unwrap();
         assert_eq!(store.recover().await.unwrap().sessions[0].message_count, 4);
+    });
+}
+
+#[test]
+fn a_transcript_written_over_several_jobs_is_recovered_in_order_and_dropped_at_close() {
+    let dir = Dir::new("chunks");
+    let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+    let msg = |n: u128, min: u32| {
+        Step::Message(RoutedMessage {
+            session_id: SessionId::from_u128(n),
+            at: t(&format!("2024-05-01T10:{min:02}:00Z")),
+            user_id: "alice".into(),
+            text: format!("m{min}"),
+        })
+    };
+    let chunk_rows = || -> i64 {
+        Connection::open(dir.db())
+            .unwrap()
+            .query_row("SELECT count(*) FROM transcript_chunks", [], |r| r.get(0))
+            .unwrap()
+    };
+    rt().block_on(async {
+        // Session 1 gets messages in three jobs; session 2 opens and closes within one job.
+        store.apply(vec![Step::Open(start(1, "a", None)), msg(1, 1), msg(1, 2)]).await.unwrap();
+        store.apply(vec![msg(1, 3)]).await.unwrap();
+        let out = store
+            .apply(vec![
+                msg(1, 4),
+                Step::Open(start(2, "b", None)),
+                msg(2, 5),
+                Step::Close(end(2, "b", CloseReason::UserNew)),
+                msg(1, 6),
+            ])
+            .await
+            .unwrap();
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(chunk_rows(), 3, "one chunk per job that routed messages to session 1, none for session 2");
+        let recovery = store.recover().await.unwrap();
+        assert_eq!(recovery.sessions.len(), 1);
+        let s = &recovery.sessions[0];
+        assert_eq!((s.session_id, s.message_count), (SessionId::from_u128(1), 5));
+        let texts: Vec<&str> = s.transcript.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, ["m1", "m2", "m3", "m4", "m6"]);
+        assert_eq!(s.transcript[4].at, t("2024-05-01T10:06:00Z"));
+        // Closing it in a later job drops every chunk; the row keeps the count and last message time.
+        let closed = store.apply(vec![msg(1, 7), Step::Close(end(1, "a", CloseReason::IdleExpiry))]).await.unwrap();
+        assert!(closed.iter().all(Result::is_ok), "{closed:?}");
+        assert_eq!(chunk_rows(), 0);
+        let (count, last): (i64, i64) = Connection::open(dir.db())
+            .unwrap()
+            .query_row(
+                "SELECT message_count, last_message_at FROM sessions WHERE id = ?1",
+                [&id_blob(SessionId::from_u128(1))[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(last, nanos(t("2024-05-01T10:07:00Z")));
+        // The count is the SessionEnd's (what the engine counted), as for every close.
+        assert_eq!(count, end(1, "a", CloseReason::IdleExpiry).message_count as i64);
     });
 }
