@@ -61,10 +61,10 @@ enum Cmd {
         #[arg(long, value_name = "STORE", default_value = "memory")]
         store: crate::durable::StoreSpec,
 
-        /// The fewest records per transaction with --store sqlite:PATH (group commit). A batch is
-        /// committed once it has this many records and the previous commit is done, so batches grow
-        /// while the disk is slow (up to 4 times this). Command hooks decide inline, as in `serve`,
-        /// possibly before the events of batches still committing are delivered.
+        /// Records per batch with --store sqlite:PATH. Each batch is handed to the store as soon as it
+        /// is read; while the store is busy, batches queue up and are committed together in one
+        /// transaction (group commit), up to 8 batches in flight. Command hooks decide inline, as in
+        /// `serve`, possibly before the events of batches still committing are delivered.
         #[arg(long, value_name = "N", default_value_t = 512)]
         batch: usize,
 

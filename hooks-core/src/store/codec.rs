@@ -2,8 +2,10 @@
 //!
 //! The outbox form is MessagePack with named fields (`rmp-serde`): self-describing like JSON, but a
 //! string is its length and its bytes, so the texts that dominate the payloads (messages, transcripts)
-//! are copied, not scanned and escaped; encoding JSON was a fifth of the SQLite writer's work. Schema
-//! version 1 wrote JSON text, which [`decode_json`] still reads.
+//! are copied, not scanned and escaped; encoding JSON was a fifth of the SQLite writer's work. Ids are
+//! 16-byte binaries, times integers (nanoseconds since the Unix epoch, UTC), transcript entries
+//! `[at, user_id, text]`. Schema version 2 wrote times as RFC 3339 text and transcript entries as maps,
+//! and version 1 wrote JSON text ([`decode_json`]); both are still read.
 //!
 //! The public event types serialize for handlers and logs but deliberately do not deserialize: a
 //! `SessionEnd` read from arbitrary JSON would be a way around "only the engine ends sessions". The
@@ -33,14 +35,16 @@ enum StoredOutcome<S = String> {
 /// decoding owns them (the defaults).
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-enum Stored<K = SessionKey, U = CompactString, S = String, T = Transcript, O = StoredOutcome> {
+enum Stored<K = SessionKey, U = CompactString, S = String, T = StoredTranscript, O = StoredOutcome> {
     GatewayStartup {
         event_id: EventId,
+        #[serde(with = "nanos_or_text")]
         at: Timestamp,
         hooks: usize,
     },
     GatewayShutdown {
         event_id: EventId,
+        #[serde(with = "nanos_or_text")]
         at: Timestamp,
         sessions_closed: u64,
     },
@@ -48,6 +52,7 @@ enum Stored<K = SessionKey, U = CompactString, S = String, T = Transcript, O = S
         session_id: SessionId,
         key: K,
         user_id: U,
+        #[serde(with = "nanos_or_text")]
         started_at: Timestamp,
         cause: StartCause,
         previous_session_id: Option<SessionId>,
@@ -57,8 +62,11 @@ enum Stored<K = SessionKey, U = CompactString, S = String, T = Transcript, O = S
         key: K,
         user_id: U,
         reason: CloseReason,
+        #[serde(with = "nanos_or_text")]
         started_at: Timestamp,
+        #[serde(with = "nanos_or_text")]
         ended_at: Timestamp,
+        #[serde(with = "nanos_or_text")]
         detected_at: Timestamp,
         message_count: u64,
         transcript: T,
@@ -68,6 +76,7 @@ enum Stored<K = SessionKey, U = CompactString, S = String, T = Transcript, O = S
         session_id: SessionId,
         key: K,
         user_id: U,
+        #[serde(with = "nanos_or_text")]
         at: Timestamp,
         text: S,
     },
@@ -76,6 +85,7 @@ enum Stored<K = SessionKey, U = CompactString, S = String, T = Transcript, O = S
         session_id: Option<SessionId>,
         key: K,
         user_id: U,
+        #[serde(with = "nanos_or_text")]
         at: Timestamp,
         text: S,
     },
@@ -83,6 +93,7 @@ enum Stored<K = SessionKey, U = CompactString, S = String, T = Transcript, O = S
         event_id: EventId,
         session_id: SessionId,
         key: K,
+        #[serde(with = "nanos_or_text")]
         at: Timestamp,
         input: S,
     },
@@ -90,24 +101,152 @@ enum Stored<K = SessionKey, U = CompactString, S = String, T = Transcript, O = S
         event_id: EventId,
         session_id: SessionId,
         key: K,
+        #[serde(with = "nanos_or_text")]
         started_at: Timestamp,
+        #[serde(with = "nanos_or_text")]
         at: Timestamp,
         outcome: O,
     },
 }
 
+/// Timestamps in the outbox: nanoseconds since the Unix epoch (UTC) as an integer in MessagePack,
+/// where formatting RFC 3339 text cost a fifth of encoding a payload (schema version 2 wrote text,
+/// which is still read); RFC 3339 text in human-readable formats (the JSON rows of version 1).
+mod nanos_or_text {
+    use jiff::Timestamp;
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() { s.collect_str(t) } else { s.serialize_i64(super::nanos(*t)) }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        d.deserialize_any(NanosOrText)
+    }
+
+    struct NanosOrText;
+
+    impl Visitor<'_> for NanosOrText {
+        type Value = Timestamp;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("nanoseconds since the Unix epoch or an RFC 3339 timestamp")
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Timestamp, E> {
+            Timestamp::from_nanosecond(i128::from(n)).map_err(E::custom)
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Timestamp, E> {
+            Timestamp::from_nanosecond(i128::from(n)).map_err(E::custom)
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Timestamp, E> {
+            text.parse().map_err(E::custom)
+        }
+    }
+}
+
+/// A transcript as the outbox stores it (borrowed, for encoding): `{entries, truncated}` with each
+/// entry `[at, user_id, text]`, `at` as [`nanos_or_text`] writes it.
+struct TranscriptRef<'a>(&'a Transcript);
+
+impl Serialize for TranscriptRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Entries<'a>(&'a [TranscriptEntry]);
+        impl Serialize for Entries<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(EntryRef))
+            }
+        }
+        let mut out = s.serialize_struct("Transcript", 2)?;
+        out.serialize_field("entries", &Entries(self.0.entries()))?;
+        out.serialize_field("truncated", &self.0.truncated())?;
+        out.end()
+    }
+}
+
+struct EntryRef<'a>(&'a TranscriptEntry);
+
+impl Serialize for EntryRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeStruct, SerializeTuple};
+        struct At(Timestamp);
+        impl Serialize for At {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                nanos_or_text::serialize(&self.0, s)
+            }
+        }
+        if s.is_human_readable() {
+            // The named form schema version 1 wrote as JSON.
+            let mut out = s.serialize_struct("TranscriptEntry", 3)?;
+            out.serialize_field("at", &At(self.0.at))?;
+            out.serialize_field("user_id", &self.0.user_id)?;
+            out.serialize_field("text", &self.0.text)?;
+            return out.end();
+        }
+        let mut out = s.serialize_tuple(3)?;
+        out.serialize_element(&At(self.0.at))?;
+        out.serialize_element(&self.0.user_id)?;
+        out.serialize_element(&self.0.text)?;
+        out.end()
+    }
+}
+
+/// A transcript read back from the outbox (see [`TranscriptRef`]).
+#[derive(Deserialize)]
+struct StoredTranscript {
+    entries: Vec<StoredEntry>,
+    truncated: bool,
+}
+
+/// A transcript entry read back: `[at, user_id, text]`, or `{at, user_id, text}` with `at` as text
+/// (schema versions 1 and 2).
+struct StoredEntry(TranscriptEntry);
+
+impl<'de> Deserialize<'de> for StoredEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Positional(#[serde(with = "nanos_or_text")] Timestamp, CompactString, String);
+        #[derive(Deserialize)]
+        struct Named {
+            #[serde(with = "nanos_or_text")]
+            at: Timestamp,
+            user_id: CompactString,
+            text: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Positional(Positional),
+            Named(Named),
+        }
+        Ok(StoredEntry(match Either::deserialize(d)? {
+            Either::Positional(Positional(at, user_id, text)) => TranscriptEntry { at, user_id, text },
+            Either::Named(Named { at, user_id, text }) => TranscriptEntry { at, user_id, text },
+        }))
+    }
+}
+
 /// The borrowed outbox form, for encoding.
-type StoredRef<'a> = Stored<&'a SessionKey, &'a CompactString, &'a str, &'a Transcript, StoredOutcome<&'a str>>;
+type StoredRef<'a> = Stored<&'a SessionKey, &'a CompactString, &'a str, TranscriptRef<'a>, StoredOutcome<&'a str>>;
 
 /// The outbox form of `event` (MessagePack).
 pub(crate) fn encode(event: &AnyEvent) -> Vec<u8> {
-    let stored: StoredRef<'_> = match event {
+    to_bytes(&stored_ref(event))
+}
+
+/// The outbox form of `event`, borrowing from it.
+fn stored_ref(event: &AnyEvent) -> StoredRef<'_> {
+    match event {
         AnyEvent::GatewayStartup(e) => Stored::GatewayStartup { event_id: e.event_id, at: e.at, hooks: e.hooks },
         AnyEvent::GatewayShutdown(e) => {
             Stored::GatewayShutdown { event_id: e.event_id, at: e.at, sessions_closed: e.sessions_closed }
         }
-        AnyEvent::SessionStart(e) => return encode_start(e),
-        AnyEvent::SessionEnd(e) => return encode_end(e),
+        AnyEvent::SessionStart(e) => start_ref(e),
+        AnyEvent::SessionEnd(e) => end_ref(e),
         AnyEvent::MessageReceived(e) => Stored::MessageReceived {
             event_id: e.event_id,
             session_id: e.session_id,
@@ -142,26 +281,33 @@ pub(crate) fn encode(event: &AnyEvent) -> Vec<u8> {
                 TurnOutcome::Error { error } => StoredOutcome::Error { error },
             },
         },
-    };
-    to_bytes(&stored)
+    }
 }
 
 /// The outbox form of a `SessionStart` (session event ids are derived from the session id, so they
 /// are not stored).
 pub(crate) fn encode_start(e: &SessionStart) -> Vec<u8> {
-    to_bytes(&StoredRef::SessionStart {
+    to_bytes(&start_ref(e))
+}
+
+fn start_ref(e: &SessionStart) -> StoredRef<'_> {
+    StoredRef::SessionStart {
         session_id: e.session_id,
         key: &e.key,
         user_id: &e.user_id,
         started_at: e.started_at,
         cause: e.cause,
         previous_session_id: e.previous_session_id,
-    })
+    }
 }
 
 /// The outbox form of a `SessionEnd`, transcript included.
 pub(crate) fn encode_end(e: &SessionEnd) -> Vec<u8> {
-    to_bytes(&StoredRef::SessionEnd {
+    to_bytes(&end_ref(e))
+}
+
+fn end_ref(e: &SessionEnd) -> StoredRef<'_> {
+    StoredRef::SessionEnd {
         session_id: e.session_id,
         key: &e.key,
         user_id: &e.user_id,
@@ -170,8 +316,8 @@ pub(crate) fn encode_end(e: &SessionEnd) -> Vec<u8> {
         ended_at: e.ended_at,
         detected_at: e.detected_at,
         message_count: e.message_count,
-        transcript: &e.transcript,
-    })
+        transcript: TranscriptRef(&e.transcript),
+    }
 }
 
 fn to_bytes(stored: &StoredRef<'_>) -> Vec<u8> {
@@ -198,9 +344,7 @@ pub(crate) fn decode_json(json: &str) -> Result<AnyEvent, DecodeError> {
 /// A JSON outbox form, as schema version 1 wrote it (for migration tests).
 #[cfg(test)]
 pub(crate) fn encode_json(event: &AnyEvent) -> String {
-    let bytes = encode(event);
-    let stored: Stored = rmp_serde::from_slice(&bytes).expect("just encoded");
-    serde_json::to_string(&stored).expect("outbox events serialize")
+    serde_json::to_string(&stored_ref(event)).expect("outbox events serialize")
 }
 
 /// The stored form of a transcript chunk: some consecutive messages of one session, oldest first,
@@ -275,7 +419,7 @@ fn from_stored(stored: Stored) -> AnyEvent {
             ended_at,
             detected_at,
             message_count,
-            transcript,
+            Transcript::new(transcript.entries.into_iter().map(|e| e.0).collect::<Vec<_>>(), transcript.truncated),
         )),
         Stored::MessageReceived { event_id, session_id, key, user_id, at, text } => {
             AnyEvent::MessageReceived(MessageReceived { event_id, session_id, key, user_id, at, text })
@@ -293,5 +437,123 @@ fn from_stored(stored: Stored) -> AnyEvent {
             };
             AnyEvent::AgentTurnEnd(AgentTurnEnd { event_id, session_id, key, started_at, at, outcome })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{SessionId, SessionKey};
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn session_end() -> SessionEnd {
+        let entries = vec![
+            TranscriptEntry { at: t("2024-05-01T10:00:00.123456789Z"), user_id: "alice".into(), text: "hi".into() },
+            TranscriptEntry { at: t("1969-12-31T23:59:59Z"), user_id: "bob".into(), text: "before the epoch".into() },
+        ];
+        SessionEnd::new(
+            SessionId::from_u128(7),
+            SessionKey::chat("web", "a"),
+            "alice".into(),
+            CloseReason::IdleExpiry,
+            t("2024-05-01T10:00:00Z"),
+            t("2024-05-01T10:30:00Z"),
+            t("2024-05-01T11:00:00Z"),
+            2,
+            Transcript::new(entries, true),
+        )
+    }
+
+    fn message() -> MessageReceived {
+        MessageReceived {
+            event_id: EventId::from_u128(9),
+            session_id: SessionId::from_u128(7),
+            key: SessionKey::chat("web", "a"),
+            user_id: "alice".into(),
+            at: t("2024-05-01T10:05:00.5Z"),
+            text: "hello".into(),
+        }
+    }
+
+    #[test]
+    fn events_round_trip_with_times_as_integers() {
+        let end = AnyEvent::SessionEnd(session_end());
+        let msg = AnyEvent::MessageReceived(message());
+        for event in [&end, &msg] {
+            let bytes = encode(event);
+            assert_eq!(format!("{:?}", decode(&bytes).unwrap()), format!("{event:?}"));
+        }
+        // No RFC 3339 text left in the payload: times are integers.
+        let bytes = encode(&end);
+        assert!(!bytes.windows(4).any(|w| w == b"2024"), "{bytes:?}");
+    }
+
+    /// How schema version 2 wrote events: RFC 3339 text for times, named transcript entries.
+    #[derive(Serialize)]
+    #[serde(tag = "event", rename_all = "snake_case")]
+    enum Version2<'a> {
+        MessageReceived {
+            event_id: EventId,
+            session_id: SessionId,
+            key: &'a SessionKey,
+            user_id: &'a str,
+            at: Timestamp,
+            text: &'a str,
+        },
+        SessionEnd {
+            session_id: SessionId,
+            key: &'a SessionKey,
+            user_id: &'a str,
+            reason: CloseReason,
+            started_at: Timestamp,
+            ended_at: Timestamp,
+            detected_at: Timestamp,
+            message_count: u64,
+            transcript: &'a Transcript,
+        },
+    }
+
+    #[test]
+    fn events_written_by_schema_version_2_are_read() {
+        let (m, e) = (message(), session_end());
+        let old = [
+            Version2::MessageReceived {
+                event_id: m.event_id,
+                session_id: m.session_id,
+                key: &m.key,
+                user_id: &m.user_id,
+                at: m.at,
+                text: &m.text,
+            },
+            Version2::SessionEnd {
+                session_id: e.session_id,
+                key: &e.key,
+                user_id: &e.user_id,
+                reason: e.reason,
+                started_at: e.started_at,
+                ended_at: e.ended_at,
+                detected_at: e.detected_at,
+                message_count: e.message_count,
+                transcript: &e.transcript,
+            },
+        ];
+        let expected = [format!("{:?}", AnyEvent::MessageReceived(m.clone())), format!("{:?}", AnyEvent::SessionEnd(e.clone()))];
+        for (old, expected) in old.iter().zip(expected) {
+            let mut bytes = Vec::new();
+            rmp_serde::encode::write_named(&mut bytes, old).unwrap();
+            assert!(bytes.windows(4).any(|w| w == b"2024"), "the fixture holds text times");
+            assert_eq!(format!("{:?}", decode(&bytes).unwrap()), expected);
+        }
+    }
+
+    #[test]
+    fn json_rows_of_schema_version_1_keep_text_times() {
+        let end = AnyEvent::SessionEnd(session_end());
+        let json = encode_json(&end);
+        assert!(json.contains("\"2024-05-01T10:30:00Z\""), "{json}");
+        assert_eq!(format!("{:?}", decode_json(&json).unwrap()), format!("{end:?}"));
     }
 }
