@@ -280,26 +280,29 @@ fn delivery_records(done: &[(OutboxSeq, Vec<HandlerResult>)]) -> Vec<DeliveryRec
         .collect()
 }
 
-/// The events a committed step recorded, with their outbox positions.
+/// The events a committed step recorded (at most two: a rotation's end and start), with their outbox
+/// positions.
 fn recorded_events(
     step: &Step,
     outcome: Result<StepOutcome, StoreError>,
-) -> Result<Vec<(OutboxSeq, Cow<'_, AnyEvent>)>> {
-    Ok(match (step, outcome?) {
+) -> Result<impl Iterator<Item = (OutboxSeq, Cow<'_, AnyEvent>)>> {
+    let one = |seq, event| [Some((seq, event)), None];
+    let recorded = match (step, outcome?) {
         (Step::Open(start), StepOutcome::Opened(OpenOutcome::Opened { start: seq })) => {
-            vec![(seq, Cow::Owned(AnyEvent::SessionStart(start.clone())))]
+            one(seq, Cow::Owned(AnyEvent::SessionStart(start.clone())))
         }
         (Step::Close(end), StepOutcome::Closed(CloseOutcome::Closed { end: seq })) => {
-            vec![(seq, Cow::Owned(AnyEvent::SessionEnd(end.clone())))]
+            one(seq, Cow::Owned(AnyEvent::SessionEnd(end.clone())))
         }
-        (Step::Rotate(end, start), StepOutcome::Rotated(RotateOutcome::Rotated { end: e, start: s })) => vec![
-            (e, Cow::Owned(AnyEvent::SessionEnd(end.clone()))),
-            (s, Cow::Owned(AnyEvent::SessionStart(start.clone()))),
+        (Step::Rotate(end, start), StepOutcome::Rotated(RotateOutcome::Rotated { end: e, start: s })) => [
+            Some((e, Cow::Owned(AnyEvent::SessionEnd(end.clone())))),
+            Some((s, Cow::Owned(AnyEvent::SessionStart(start.clone())))),
         ],
-        (Step::Record(event), StepOutcome::Recorded(seq)) => vec![(seq, Cow::Borrowed(event))],
-        (_, StepOutcome::Message) => Vec::new(),
+        (Step::Record(event), StepOutcome::Recorded(seq)) => one(seq, Cow::Borrowed(event)),
+        (_, StepOutcome::Message) => [None, None],
         (_, other) => bail!("the session store refused a step of a fresh replay: {other:?}"),
-    })
+    };
+    Ok(recorded.into_iter().flatten())
 }
 
 /// `dead-letters list`: prints every dead letter (or JSON).

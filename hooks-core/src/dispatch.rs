@@ -403,6 +403,24 @@ impl Dispatcher {
         self.delivered::<E>();
         let list = self.registry.hook_list::<E>();
         let names = list.qualified_names();
+        if list.all_sync() {
+            // Plain `fn`s run in order anyway: one context and one clock read per handler, as in
+            // `deliver`, instead of a future and a context per handler.
+            let mut ctx = ctx;
+            let mut clock = self.measuring().then(Instant::now);
+            let mut out = Vec::with_capacity(names.len());
+            for (i, (hook, name)) in list.as_slice().iter().zip(names).enumerate() {
+                if skip.iter().any(|s| **s == **name) {
+                    self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
+                    clock = None;
+                    continue;
+                }
+                self.prepare(&mut ctx, hook);
+                let error = self.call_sync(i, hook, event, &ctx, &mut clock).err().map(|f| f.to_string());
+                out.push(HandlerOutcome { hook: Arc::clone(name), error });
+            }
+            return out;
+        }
         let calls = list.as_slice().iter().zip(names).enumerate().filter_map(|(i, (hook, name))| {
             if skip.iter().any(|s| **s == **name) {
                 self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);

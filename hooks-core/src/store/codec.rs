@@ -540,7 +540,8 @@ mod tests {
                 transcript: &e.transcript,
             },
         ];
-        let expected = [format!("{:?}", AnyEvent::MessageReceived(m.clone())), format!("{:?}", AnyEvent::SessionEnd(e.clone()))];
+        let expected =
+            [format!("{:?}", AnyEvent::MessageReceived(m.clone())), format!("{:?}", AnyEvent::SessionEnd(e.clone()))];
         for (old, expected) in old.iter().zip(expected) {
             let mut bytes = Vec::new();
             rmp_serde::encode::write_named(&mut bytes, old).unwrap();
