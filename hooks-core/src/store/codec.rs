@@ -12,6 +12,8 @@
 //! outbox needs the full event back (the transcript included, which the public form skips), so it uses
 //! this private mirror, readable only inside the crate.
 
+use std::borrow::Cow;
+
 use compact_str::CompactString;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -345,6 +347,39 @@ pub(crate) fn decode_json(json: &str) -> Result<AnyEvent, DecodeError> {
 #[cfg(test)]
 pub(crate) fn encode_json(event: &AnyEvent) -> String {
     serde_json::to_string(&stored_ref(event)).expect("outbox events serialize")
+}
+
+/// Several outbox payloads in one: a MessagePack array of binaries, each one event's payload, in
+/// order. A group-commit job that records many events writes them as one outbox row (see the SQLite
+/// store's packed rows).
+pub(crate) fn pack(payloads: &[Cow<'_, [u8]>]) -> Vec<u8> {
+    let size = payloads.iter().map(|p| p.len() + 5).sum::<usize>() + 5;
+    let mut bytes = Vec::with_capacity(size);
+    // Writing to a Vec cannot fail, and a payload is far below the 4 GiB a binary may hold.
+    rmp::encode::write_array_len(&mut bytes, payloads.len() as u32).expect("writes to a Vec");
+    for p in payloads {
+        rmp::encode::write_bin(&mut bytes, p).expect("writes to a Vec");
+    }
+    bytes
+}
+
+/// The payloads of a [`pack`], in order, borrowed from `bytes`.
+pub(crate) fn unpack(mut bytes: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    let n = rmp::decode::read_array_len(&mut bytes).map_err(|e| format!("packed payloads: {e}"))?;
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let len = rmp::decode::read_bin_len(&mut bytes).map_err(|e| format!("packed payload {i}: {e}"))? as usize;
+        if len > bytes.len() {
+            return Err(format!("packed payload {i} needs {len} bytes, {} are left", bytes.len()).into());
+        }
+        let (payload, rest) = bytes.split_at(len);
+        out.push(payload);
+        bytes = rest;
+    }
+    if !bytes.is_empty() {
+        return Err(format!("{} bytes after the last packed payload", bytes.len()).into());
+    }
+    Ok(out)
 }
 
 /// The stored form of a transcript chunk: some consecutive messages of one session, oldest first,

@@ -151,6 +151,13 @@ const MIGRATIONS: &[&str] = &[
         SELECT session_id, min(n), json_group_array(json_array(at, user_id, text) ORDER BY n)
         FROM transcript GROUP BY session_id;
     DROP TABLE transcript;
+
+    -- An outbox row may hold several events: `events` of them, with positions `seq` to
+    -- `seq + events - 1` (the positions in between are reserved: no other row takes them), the
+    -- payload a MessagePack array of their payloads. A group-commit job that records many events
+    -- writes one row instead of one per event, and their delivery deletes one row. A row is split
+    -- into one row per event before anything is recorded about one of its events alone.
+    ALTER TABLE outbox ADD COLUMN events INTEGER NOT NULL DEFAULT 1;
 ",
 ];
 
@@ -465,6 +472,10 @@ impl SqliteStore {
     /// learns the outcome from the returned [`Commit`]. Nothing of it is visible, and nothing may be
     /// delivered, before the commit.
     ///
+    /// The events the job records share one outbox row (each keeps its own position, and its own row
+    /// again as soon as anything is recorded about it alone), so delivering them all and recording that
+    /// in one later job (as a durable replay does) writes and deletes one row instead of one per event.
+    ///
     /// # Errors
     ///
     /// [`StoreError::Closed`] if the writer thread is gone. Failures of the job itself arrive through
@@ -477,7 +488,7 @@ impl SqliteStore {
         let payloads: Vec<Vec<Vec<u8>>> = steps.iter().map(encode_step).collect();
         let rx = self.send(move |conn| {
             deliveries.record(conn)?;
-            apply_steps(conn, &steps, Some(&payloads))
+            apply_steps(conn, &steps, Some(&payloads), true)
         })?;
         Ok(Commit { rx, done: None })
     }
@@ -583,7 +594,7 @@ impl SqliteStore {
             Ok((
                 q("SELECT count(*) FROM sessions WHERE state = 'open'")?,
                 q("SELECT count(*) FROM sessions WHERE state = 'closed'")?,
-                q("SELECT count(*) FROM outbox WHERE state = 'pending'")?,
+                q("SELECT coalesce(sum(events), 0) FROM outbox WHERE state = 'pending'")?,
                 q("SELECT count(*) FROM outbox WHERE state = 'dead'")?,
             ))
         })
@@ -725,6 +736,7 @@ fn same_error(code: Option<ErrorCode>, msg: &str) -> StoreError {
 #[derive(Clone, Copy)]
 enum Sql {
     InsertOutbox,
+    NextSeq,
     SessionState,
     SessionExists,
     OpenOfKey,
@@ -737,11 +749,14 @@ enum Sql {
 }
 
 impl Sql {
-    const COUNT: usize = 10;
+    const COUNT: usize = 11;
 
     fn text(self) -> &'static str {
         match self {
-            Sql::InsertOutbox => "INSERT INTO outbox (event_id, event, payload, recorded_at) VALUES (?1, ?2, ?3, ?4)",
+            Sql::InsertOutbox => {
+                "INSERT INTO outbox (seq, event_id, event, payload, recorded_at, events) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            }
+            Sql::NextSeq => "SELECT seq + events FROM outbox ORDER BY seq DESC LIMIT 1",
             Sql::SessionState => "SELECT state, reason, ended_at FROM sessions WHERE id = ?1",
             Sql::SessionExists => "SELECT 1 FROM sessions WHERE id = ?1",
             Sql::OpenOfKey => "SELECT id FROM sessions WHERE key = ?1 AND state = 'open'",
@@ -789,6 +804,19 @@ struct Stmts<'c> {
     touched: HashMap<SessionId, Touched<'c>>,
     /// The current step's outbox payloads encoded ahead, last one first (see [`Stmts::payload`]).
     encoded: Vec<&'c [u8]>,
+    /// The next free outbox position, once read.
+    next_seq: Option<i64>,
+    /// With `Some`, the events this job records are collected here and written as one packed outbox
+    /// row when it ends (see [`write_pack`]).
+    pack: Option<Vec<Packed<'c>>>,
+}
+
+/// An event collected for a packed outbox row: its position, id, name and payload.
+struct Packed<'c> {
+    seq: i64,
+    event_id: EventId,
+    name: &'static str,
+    payload: Cow<'c, [u8]>,
 }
 
 impl<'c> Stmts<'c> {
@@ -799,7 +827,19 @@ impl<'c> Stmts<'c> {
             now: nanos(Timestamp::now()),
             touched: HashMap::new(),
             encoded: Vec::new(),
+            next_seq: None,
+            pack: None,
         }
+    }
+
+    /// Takes the next outbox position: one past the end of the last row (its last event's).
+    fn take_seq(&mut self) -> Result<i64, StoreError> {
+        let next = match self.next_seq {
+            Some(next) => next,
+            None => self.get(Sql::NextSeq)?.query_row([], |r| r.get(0)).optional().map_err(classify)?.unwrap_or(1),
+        };
+        self.next_seq = Some(next + 1);
+        Ok(next)
     }
 
     /// The next outbox payload of the current step: encoded ahead if it was, else by `encode`.
@@ -821,30 +861,66 @@ impl<'c> Stmts<'c> {
 
 fn insert_outbox(st: &mut Stmts<'_>, event: &AnyEvent) -> Result<OutboxSeq, StoreError> {
     let payload = st.payload(|| codec::encode(event));
-    insert_outbox_row(st, event.event_id(), event.name(), &payload)
+    insert_outbox_row(st, event.event_id(), event.name(), payload)
 }
 
-fn insert_outbox_row(
+/// Records one event in the outbox at the next position: as its own row, or collected for the job's
+/// packed row.
+fn insert_outbox_row<'c>(
+    st: &mut Stmts<'c>,
+    event_id: EventId,
+    name: &'static str,
+    payload: Cow<'c, [u8]>,
+) -> Result<OutboxSeq, StoreError> {
+    let seq = st.take_seq()?;
+    match &mut st.pack {
+        Some(pack) => pack.push(Packed { seq, event_id, name, payload }),
+        None => write_outbox_row(st, seq, event_id, name, &payload, 1)?,
+    }
+    Ok(OutboxSeq(seq as u64))
+}
+
+fn write_outbox_row(
     st: &mut Stmts<'_>,
+    seq: i64,
     event_id: EventId,
     name: &str,
     payload: &[u8],
-) -> Result<OutboxSeq, StoreError> {
+    events: i64,
+) -> Result<(), StoreError> {
     let now = st.now;
     st.get(Sql::InsertOutbox)?
-        .execute(params![&event_id.as_u128().to_be_bytes()[..], name, payload, now,])
+        .execute(params![seq, &event_id.as_u128().to_be_bytes()[..], name, payload, now, events])
         .map_err(classify)?;
-    Ok(OutboxSeq(st.conn.last_insert_rowid() as u64))
+    Ok(())
 }
+
+/// At the end of a packing job, writes the events it collected: one row holding all of them (a lone
+/// event gets a plain row).
+fn write_pack(st: &mut Stmts<'_>) -> Result<(), StoreError> {
+    let Some(pack) = st.pack.take() else { return Ok(()) };
+    match pack.as_slice() {
+        [] => Ok(()),
+        [one] => write_outbox_row(st, one.seq, one.event_id, one.name, &one.payload, 1),
+        [first, ..] => {
+            let payloads: Vec<Cow<'_, [u8]>> = pack.iter().map(|p| Cow::Borrowed(&*p.payload)).collect();
+            let bytes = codec::pack(&payloads);
+            write_outbox_row(st, first.seq, first.event_id, PACKED, &bytes, pack.len() as i64)
+        }
+    }
+}
+
+/// The `event` column of a packed outbox row.
+const PACKED: &str = "packed";
 
 fn insert_start(st: &mut Stmts<'_>, start: &SessionStart) -> Result<OutboxSeq, StoreError> {
     let payload = st.payload(|| codec::encode_start(start));
-    insert_outbox_row(st, start.event_id, "session_start", &payload)
+    insert_outbox_row(st, start.event_id, "session_start", payload)
 }
 
 fn insert_end(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<OutboxSeq, StoreError> {
     let payload = st.payload(|| codec::encode_end(end));
-    insert_outbox_row(st, end.event_id, "session_end", &payload)
+    insert_outbox_row(st, end.event_id, "session_end", payload)
 }
 
 /// `Ok(None)` if open, `Ok(Some(lost))` if closed, `Err(UnknownSession)` if never opened.
@@ -1096,27 +1172,34 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
     let mut pending = Vec::new();
     {
         let mut stmt = conn
-            .prepare("SELECT seq, payload, attempts FROM outbox WHERE state = 'pending' ORDER BY seq")
+            .prepare("SELECT seq, payload, events, attempts FROM outbox WHERE state = 'pending' ORDER BY seq")
             .map_err(classify)?;
         let mut done = conn
             .prepare("SELECT handler FROM deliveries WHERE seq = ?1 AND delivered = 1 ORDER BY handler")
             .map_err(classify)?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?, r.get::<_, i64>(2)?)))
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+            })
             .map_err(classify)?;
         for row in rows {
-            let (seq, payload, attempts) = row.map_err(classify)?;
-            let event = decode_payload(payload)?;
-            let handlers = done
-                .query_map([seq], |r| r.get::<_, String>(0))
-                .map_err(classify)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(classify)?;
-            pending.push(PendingDelivery {
-                entry: OutboxEntry { seq: OutboxSeq(seq as u64), event },
-                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                done: handlers,
-            });
+            let (seq, payload, events, attempts) = row.map_err(classify)?;
+            for (seq, event) in row_events(seq, payload, events)? {
+                // A packed row has no per-handler rows (it is split before any are written).
+                let handlers = if events == 1 {
+                    done.query_map([seq], |r| r.get::<_, String>(0))
+                        .map_err(classify)?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(classify)?
+                } else {
+                    Vec::new()
+                };
+                pending.push(PendingDelivery {
+                    entry: OutboxEntry { seq: OutboxSeq(seq as u64), event },
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    done: handlers,
+                });
+            }
         }
     }
     let dead: i64 =
@@ -1137,14 +1220,18 @@ fn encode_step(step: &Step) -> Vec<Vec<u8>> {
 
 /// Runs each step; a refused step is its own outcome, a backend failure fails them all. `payloads`,
 /// if given, holds each step's outbox payloads encoded ahead ([`encode_step`]); else they are encoded
-/// here.
+/// here. With `pack`, the events recorded go into one outbox row (see [`write_pack`]).
 fn apply_steps<'c>(
     conn: &'c Connection,
     steps: &'c [Step],
     payloads: Option<&'c [Vec<Vec<u8>>]>,
+    pack: bool,
 ) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
     let mut out = Vec::with_capacity(steps.len());
     let mut st = Stmts::new(conn);
+    if pack {
+        st.pack = Some(Vec::new());
+    }
     for (i, step) in steps.iter().enumerate() {
         st.encoded.clear();
         if let Some(payloads) = payloads {
@@ -1164,6 +1251,7 @@ fn apply_steps<'c>(
         }
     }
     flush(&mut st)?;
+    write_pack(&mut st)?;
     Ok(out)
 }
 
@@ -1242,14 +1330,74 @@ impl Commit {
     }
 }
 
+/// The events of the outbox row at `seq` holding `events` of them, with their positions.
+fn row_events(seq: i64, payload: Value, events: i64) -> Result<Vec<(i64, AnyEvent)>, StoreError> {
+    if events == 1 {
+        return Ok(vec![(seq, decode_payload(payload)?)]);
+    }
+    let Value::Blob(bytes) = payload else { return Err(bad_row("packed outbox row", "a payload that is not a blob")) };
+    let payloads = codec::unpack(&bytes).map_err(|e| bad_row("packed outbox row", e))?;
+    if payloads.len() as i64 != events {
+        return Err(bad_row("packed outbox row", format!("{} payloads for {events} events", payloads.len())));
+    }
+    (seq..).zip(payloads).map(|(seq, p)| Ok((seq, codec::decode(p).map_err(|e| bad_row("outbox event", e))?))).collect()
+}
+
+/// The outbox row holding position `seq`, if any: its own position and how many events it holds.
+fn row_holding(conn: &Connection, seq: i64) -> Result<Option<(i64, i64)>, StoreError> {
+    let row: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT seq, events FROM outbox WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut s| s.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(classify)?;
+    Ok(row.filter(|&(first, events)| seq < first + events))
+}
+
+/// Splits the packed outbox row holding position `seq` (if it is packed) into one row per event, at
+/// the same positions, so that something can be recorded about one of its events alone.
+fn split_row_holding(conn: &Connection, seq: i64) -> Result<(), StoreError> {
+    let Some((first, events)) = row_holding(conn, seq)? else { return Ok(()) };
+    if events == 1 {
+        return Ok(());
+    }
+    let (payload, recorded_at): (Vec<u8>, i64) = conn
+        .query_row("SELECT payload, recorded_at FROM outbox WHERE seq = ?1", [first], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(classify)?;
+    let payloads = codec::unpack(&payload).map_err(|e| bad_row("packed outbox row", e))?;
+    if payloads.len() as i64 != events {
+        return Err(bad_row("packed outbox row", format!("{} payloads for {events} events", payloads.len())));
+    }
+    conn.execute("DELETE FROM outbox WHERE seq = ?1", [first]).map_err(classify)?;
+    let mut insert = conn
+        .prepare_cached("INSERT INTO outbox (seq, event_id, event, payload, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(classify)?;
+    for (seq, p) in (first..).zip(payloads) {
+        let event = codec::decode(p).map_err(|e| bad_row("outbox event", e))?;
+        insert
+            .execute(params![seq, &event.event_id().as_u128().to_be_bytes()[..], event.name(), p, recorded_at])
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
 /// Deletes the outbox rows of events every handler received on their first attempt (so they have no
-/// per-handler rows), one statement per run of consecutive positions.
+/// per-handler rows), one statement per run of consecutive positions. A packed row that a run covers
+/// only in part is split first, so its other events stay.
 fn delete_delivered(conn: &Connection, seqs: &[i64]) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2").map_err(classify)?;
     let mut rest = seqs;
     while let Some(&first) = rest.first() {
         let run = rest.iter().enumerate().take_while(|&(i, &s)| s == first + i as i64).count();
-        stmt.execute([first, first + run as i64 - 1]).map_err(classify)?;
+        let last = first + run as i64 - 1;
+        // A row starting before the run but reaching into it, and the last row starting in the run if
+        // it reaches past it.
+        if row_holding(conn, first)?.is_some_and(|(seq, _)| seq < first) {
+            split_row_holding(conn, first)?;
+        }
+        if row_holding(conn, last)?.is_some_and(|(seq, events)| seq + events - 1 > last) {
+            split_row_holding(conn, last)?;
+        }
+        conn.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")
+            .and_then(|mut s| s.execute([first, last]))
+            .map_err(classify)?;
         rest = &rest[run..];
     }
     Ok(())
@@ -1262,6 +1410,7 @@ fn record_delivery(
     results: &[(String, Option<String>)],
     dead: bool,
 ) -> Result<(), StoreError> {
+    split_row_holding(conn, seq)?;
     let failed: Vec<String> = results.iter().filter_map(|(h, e)| e.as_ref().map(|e| format!("{h}: {e}"))).collect();
     if failed.is_empty() {
         // Per-handler rows exist only after a failed attempt, so a first attempt has none to delete.
@@ -1316,17 +1465,24 @@ impl Store for SqliteStore {
     async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         self.call(move |conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT seq, payload FROM outbox WHERE state = 'pending' ORDER BY seq LIMIT ?1")
+                .prepare_cached("SELECT seq, payload, events FROM outbox WHERE state = 'pending' ORDER BY seq LIMIT ?1")
                 .map_err(classify)?;
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows =
-                stmt.query_map([limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?))).map_err(classify)?;
+            let rows = stmt
+                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(classify)?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, payload) = row.map_err(classify)?;
-                let event = decode_payload(payload)?;
-                out.push(OutboxEntry { seq: OutboxSeq(seq as u64), event });
+                let (seq, payload, events) = row.map_err(classify)?;
+                for (seq, event) in row_events(seq, payload, events)? {
+                    out.push(OutboxEntry { seq: OutboxSeq(seq as u64), event });
+                }
+                if out.len() >= limit {
+                    break;
+                }
             }
+            out.truncate(limit);
             Ok(out)
         })
         .await
@@ -1359,7 +1515,7 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, steps: Vec<Step>) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
-        self.call(move |conn| apply_steps(conn, &steps, None)).await
+        self.call(move |conn| apply_steps(conn, &steps, None, false)).await
     }
 
     async fn record_delivery(&self, record: &DeliveryRecord<'_>) -> Result<(), StoreError> {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::event::TranscriptEntry;
+use crate::event::{MessageReceived, TranscriptEntry};
 use crate::event::{StartCause, Transcript};
 use crate::store::HandlerResult;
 
@@ -446,5 +446,109 @@ fn a_transcript_written_over_several_jobs_is_recovered_in_order_and_dropped_at_c
         assert_eq!(last, nanos(t("2024-05-01T10:07:00Z")));
         // The count is the SessionEnd's (what the engine counted), as for every close.
         assert_eq!(count, end(1, "a", CloseReason::IdleExpiry).message_count as i64);
+    });
+}
+
+/// The steps of a submitted job and the positions its events got, in step order.
+async fn submit_and_wait(store: &SqliteStore, steps: Vec<Step>, deliveries: &[DeliveryRecord<'_>]) -> Vec<OutboxSeq> {
+    let outcomes = store.submit(Arc::new(steps), deliveries).unwrap().wait().await.unwrap();
+    outcomes
+        .into_iter()
+        .flat_map(|o| match o.unwrap() {
+            StepOutcome::Opened(OpenOutcome::Opened { start }) => vec![start],
+            StepOutcome::Closed(CloseOutcome::Closed { end }) => vec![end],
+            StepOutcome::Rotated(RotateOutcome::Rotated { end, start }) => vec![end, start],
+            StepOutcome::Recorded(seq) => vec![seq],
+            StepOutcome::Message => vec![],
+            other => panic!("refused: {other:?}"),
+        })
+        .collect()
+}
+
+fn outbox_rows(dir: &Dir) -> Vec<(i64, i64, String)> {
+    let conn = Connection::open(dir.db()).unwrap();
+    let mut stmt = conn.prepare("SELECT seq, events, event FROM outbox ORDER BY seq").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+}
+
+fn received(n: u128, session: u128, text: &str) -> AnyEvent {
+    AnyEvent::MessageReceived(MessageReceived::new(
+        EventId::from_u128(n),
+        SessionId::from_u128(session),
+        SessionKey::chat("web", "a"),
+        "alice",
+        t("2024-05-01T10:01:00Z"),
+        text,
+    ))
+}
+
+#[test]
+fn a_submitted_job_records_its_events_in_one_packed_row_with_a_position_each() {
+    let dir = Dir::new("packed");
+    let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+    rt().block_on(async {
+        let steps = vec![
+            Step::Open(start(1, "a", None)),
+            Step::Record(received(10, 1, "one")),
+            Step::Record(received(11, 1, "two")),
+            Step::Close(end(1, "a", CloseReason::UserNew)),
+        ];
+        let seqs = submit_and_wait(&store, steps, &[]).await;
+        assert_eq!(seqs, [1, 2, 3, 4].map(OutboxSeq));
+        assert_eq!(outbox_rows(&dir), [(1, 4, "packed".to_owned())]);
+        assert_eq!(store.counts().await.unwrap(), (0, 1, 4, 0));
+        // Read back as four events at their own positions, in order.
+        let names = |entries: &[OutboxEntry]| entries.iter().map(|e| (e.seq.0, e.event.name())).collect::<Vec<_>>();
+        let all = [(1, "session_start"), (2, "message_received"), (3, "message_received"), (4, "session_end")];
+        assert_eq!(names(&store.pending(10).await.unwrap()), all);
+        assert_eq!(names(&store.pending(3).await.unwrap()), all[..3]);
+        let recovered: Vec<_> = store.recover().await.unwrap().pending.into_iter().map(|p| p.entry).collect();
+        assert_eq!(names(&recovered), all);
+
+        // A later event takes the position after the packed row's last, never one inside it.
+        let later = store.record(&received(12, 1, "three")).await.unwrap();
+        assert_eq!(later, OutboxSeq(5));
+
+        // Delivering all four (recorded with the next job) deletes the one row.
+        let delivered: Vec<DeliveryRecord<'_>> =
+            seqs.iter().map(|&seq| DeliveryRecord { seq, attempt: 1, results: &[], dead: false }).collect();
+        submit_and_wait(&store, vec![], &delivered).await;
+        assert_eq!(outbox_rows(&dir), [(5, 1, "message_received".to_owned())]);
+    });
+}
+
+#[test]
+fn recording_one_event_of_a_packed_row_splits_it_and_keeps_the_others() {
+    let dir = Dir::new("packed-split");
+    let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+    rt().block_on(async {
+        let steps: Vec<Step> = (0..5).map(|i| Step::Record(received(20 + i, 1, &format!("m{i}")))).collect();
+        let seqs = submit_and_wait(&store, steps, &[]).await;
+        assert_eq!(outbox_rows(&dir), [(1, 5, "packed".to_owned())]);
+        // Events 1 and 2 delivered, 3 failed for good, 4 and 5 not delivered yet.
+        let failed = [HandlerResult { handler: "m::bad".into(), error: Some("boom".into()) }];
+        let records = [
+            DeliveryRecord { seq: seqs[0], attempt: 1, results: &[], dead: false },
+            DeliveryRecord { seq: seqs[1], attempt: 1, results: &[], dead: false },
+            DeliveryRecord { seq: seqs[2], attempt: 1, results: &failed, dead: true },
+        ];
+        store.record_deliveries(&records).await.unwrap();
+        let rows: Vec<(i64, i64)> = outbox_rows(&dir).into_iter().map(|(s, n, _)| (s, n)).collect();
+        assert_eq!(rows, [(3, 1), (4, 1), (5, 1)], "split into one row per event, delivered ones gone");
+        let dead = store.dead_letters().await.unwrap();
+        assert_eq!((dead.len(), dead[0].seq, dead[0].event.as_str()), (1, seqs[2], "message_received"));
+        assert_eq!(dead[0].event_id, EventId::from_u128(22).to_string());
+        let pending = store.recover().await.unwrap().pending;
+        let texts: Vec<(u64, String)> = pending
+            .iter()
+            .map(|p| match &p.entry.event {
+                AnyEvent::MessageReceived(m) => (p.entry.seq.0, m.text.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, [(4, "m3".to_owned()), (5, "m4".to_owned())]);
+        // Marking the last one delivered alone deletes only it.
+        store.mark_delivered(seqs[4]).await.unwrap();
+        assert_eq!(store.counts().await.unwrap(), (0, 0, 1, 1));
     });
 }
