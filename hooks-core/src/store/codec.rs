@@ -323,11 +323,70 @@ fn end_ref(e: &SessionEnd) -> StoredRef<'_> {
 }
 
 fn to_bytes(stored: &StoredRef<'_>) -> Vec<u8> {
-    // Every field is a string, number, timestamp or enum: serialization cannot fail.
     // Sized for a typical event up front: growing the buffer field by field cost more than encoding.
     let mut bytes = Vec::with_capacity(512);
-    rmp_serde::encode::write_named(&mut bytes, stored).expect("outbox events serialize");
+    write_stored(&mut bytes, stored);
     bytes
+}
+
+fn write_stored(bytes: &mut Vec<u8>, stored: &StoredRef<'_>) {
+    // Every field is a string, number, timestamp or enum: serialization cannot fail.
+    rmp_serde::encode::write_named(bytes, stored).expect("outbox events serialize");
+}
+
+/// Outbox payloads encoded one after another into one buffer that is itself a [`pack`] of all of
+/// them: written as the packed row of a job that records every one, it needs no further copy.
+#[derive(Default)]
+pub(crate) struct PackWriter {
+    bytes: Vec<u8>,
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl PackWriter {
+    /// An empty pack with room for about `bytes` bytes.
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        let mut out = Self { bytes: Vec::with_capacity(bytes.max(16)), spans: Vec::new() };
+        // A fixed-size array header (0xdd and a 32-bit count), filled in by `finish`.
+        out.bytes.extend_from_slice(&[0xdd, 0, 0, 0, 0]);
+        out
+    }
+
+    /// Appends the outbox form of `event`.
+    pub(crate) fn event(&mut self, event: &AnyEvent) {
+        self.payload(|bytes| write_stored(bytes, &stored_ref(event)));
+    }
+
+    /// Appends the outbox form of a `SessionStart`.
+    pub(crate) fn start(&mut self, e: &SessionStart) {
+        self.payload(|bytes| write_stored(bytes, &start_ref(e)));
+    }
+
+    /// Appends the outbox form of a `SessionEnd`.
+    pub(crate) fn end(&mut self, e: &SessionEnd) {
+        self.payload(|bytes| write_stored(bytes, &end_ref(e)));
+    }
+
+    fn payload(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        // A fixed-size binary header (0xc6 and a 32-bit length), filled in once the length is known.
+        let header = self.bytes.len();
+        self.bytes.extend_from_slice(&[0xc6, 0, 0, 0, 0]);
+        write(&mut self.bytes);
+        let len = self.bytes.len() - header - 5;
+        self.bytes[header + 1..header + 5].copy_from_slice(&(len as u32).to_be_bytes());
+        self.spans.push(header + 5..self.bytes.len());
+    }
+
+    /// How many payloads so far.
+    pub(crate) fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The buffer (a pack of every payload) and each payload's byte range in it.
+    pub(crate) fn finish(mut self) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+        let n = self.spans.len() as u32;
+        self.bytes[1..5].copy_from_slice(&n.to_be_bytes());
+        (self.bytes, self.spans)
+    }
 }
 
 /// Why an outbox payload could not be read.
@@ -583,6 +642,24 @@ mod tests {
             assert!(bytes.windows(4).any(|w| w == b"2024"), "the fixture holds text times");
             assert_eq!(format!("{:?}", decode(&bytes).unwrap()), expected);
         }
+    }
+
+    #[test]
+    fn a_pack_written_ahead_reads_back_like_a_pack_of_its_payloads() {
+        let (m, e) = (AnyEvent::MessageReceived(message()), session_end());
+        let mut ahead = PackWriter::with_capacity(0);
+        ahead.event(&m);
+        ahead.end(&e);
+        let (bytes, spans) = ahead.finish();
+        let payloads = [encode(&m), encode_end(&e)];
+        let separately: Vec<Cow<'_, [u8]>> = payloads.iter().map(|p| Cow::Borrowed(p.as_slice())).collect();
+        let unpacked = unpack(&bytes).unwrap();
+        assert_eq!(unpacked, unpack(&pack(&separately)).unwrap());
+        assert_eq!(unpacked, spans.iter().map(|s| &bytes[s.clone()]).collect::<Vec<_>>());
+        assert_eq!(format!("{:?}", decode(unpacked[1]).unwrap()), format!("{:?}", AnyEvent::SessionEnd(e)));
+        // A damaged pack is an error, not a panic.
+        assert!(unpack(&bytes[..bytes.len() - 1]).is_err());
+        assert!(unpack(&[bytes.as_slice(), &[0]].concat()).is_err());
     }
 
     #[test]

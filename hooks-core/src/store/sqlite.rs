@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -489,10 +490,10 @@ impl SqliteStore {
         let deliveries = Deliveries::new(deliveries);
         // The outbox payloads are encoded here, on the caller's thread, which would otherwise wait for
         // the writer: the writer thread is the bottleneck of a durable replay.
-        let payloads: Vec<Vec<Vec<u8>>> = steps.iter().map(encode_step).collect();
+        let encoded = Encoded::new(&steps);
         let rx = self.send(move |conn| {
             deliveries.record(conn)?;
-            apply_steps(conn, &steps, Some(&payloads), true)
+            apply_steps(conn, &steps, Some(&encoded), true)
         })?;
         Ok(Commit { rx, done: None })
     }
@@ -813,6 +814,8 @@ struct Stmts<'c> {
     /// With `Some`, the events this job records are collected here and written as one packed outbox
     /// row when it ends (see [`write_pack`]).
     pack: Option<Vec<Packed<'c>>>,
+    /// The payloads encoded ahead, whose pack is the packed row if every one of them is recorded.
+    whole: Option<&'c Encoded>,
 }
 
 /// An event collected for a packed outbox row: its position, id, name and payload.
@@ -833,6 +836,7 @@ impl<'c> Stmts<'c> {
             encoded: Vec::new(),
             next_seq: None,
             pack: None,
+            whole: None,
         }
     }
 
@@ -907,9 +911,17 @@ fn write_pack(st: &mut Stmts<'_>) -> Result<(), StoreError> {
         [] => Ok(()),
         [one] => write_outbox_row(st, one.seq, one.event_id, one.name, &one.payload, 1),
         [first, ..] => {
+            let events = pack.len() as i64;
+            // Every payload encoded ahead was recorded (each is taken once, in order): their pack is
+            // the row as it is.
+            if let Some(whole) = st.whole.filter(|w| w.spans.len() == pack.len())
+                && pack.iter().all(|p| matches!(p.payload, Cow::Borrowed(_)))
+            {
+                return write_outbox_row(st, first.seq, first.event_id, PACKED, &whole.pack, events);
+            }
             let payloads: Vec<Cow<'_, [u8]>> = pack.iter().map(|p| Cow::Borrowed(&*p.payload)).collect();
             let bytes = codec::pack(&payloads);
-            write_outbox_row(st, first.seq, first.event_id, PACKED, &bytes, pack.len() as i64)
+            write_outbox_row(st, first.seq, first.event_id, PACKED, &bytes, events)
         }
     }
 }
@@ -1211,14 +1223,42 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
     Ok(Recovery { sessions, pending, dead_letters: dead as u64 })
 }
 
-/// The outbox payloads `step` records, in the order it inserts them (for [`SqliteStore::submit`]).
-fn encode_step(step: &Step) -> Vec<Vec<u8>> {
-    match step {
-        Step::Open(start) => vec![codec::encode_start(start)],
-        Step::Close(end) => vec![codec::encode_end(end)],
-        Step::Rotate(end, start) => vec![codec::encode_end(end), codec::encode_start(start)],
-        Step::Record(event) => vec![codec::encode(event)],
-        Step::Message(_) => Vec::new(),
+/// The outbox payloads a job's steps record, encoded ahead (for [`SqliteStore::submit`]).
+struct Encoded {
+    /// Every payload, in step order, as one pack: the job's packed row when every step records.
+    pack: Vec<u8>,
+    /// Each payload's byte range in `pack`.
+    spans: Vec<Range<usize>>,
+    /// Each step's payloads, in the order it inserts them: a range of `spans`.
+    steps: Vec<Range<usize>>,
+}
+
+impl Encoded {
+    fn new(steps: &[Step]) -> Self {
+        // About 200 bytes per event of real traffic; the buffer grows if that is short.
+        let mut out = codec::PackWriter::with_capacity(steps.len() * 200);
+        let mut ranges = Vec::with_capacity(steps.len());
+        for step in steps {
+            let from = out.len();
+            match step {
+                Step::Open(start) => out.start(start),
+                Step::Close(end) => out.end(end),
+                Step::Rotate(end, start) => {
+                    out.end(end);
+                    out.start(start);
+                }
+                Step::Record(event) => out.event(event),
+                Step::Message(_) => {}
+            }
+            ranges.push(from..out.len());
+        }
+        let (pack, spans) = out.finish();
+        Self { pack, spans, steps: ranges }
+    }
+
+    /// Step `i`'s payloads, last one first (as [`Stmts::encoded`] takes them).
+    fn of_step(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+        self.spans[self.steps[i].clone()].iter().rev().map(|span| &self.pack[span.clone()])
     }
 }
 
@@ -1228,18 +1268,19 @@ fn encode_step(step: &Step) -> Vec<Vec<u8>> {
 fn apply_steps<'c>(
     conn: &'c Connection,
     steps: &'c [Step],
-    payloads: Option<&'c [Vec<Vec<u8>>]>,
+    encoded: Option<&'c Encoded>,
     pack: bool,
 ) -> Result<Vec<Result<StepOutcome, StoreError>>, StoreError> {
     let mut out = Vec::with_capacity(steps.len());
     let mut st = Stmts::new(conn);
     if pack {
         st.pack = Some(Vec::new());
+        st.whole = encoded;
     }
     for (i, step) in steps.iter().enumerate() {
         st.encoded.clear();
-        if let Some(payloads) = payloads {
-            st.encoded.extend(payloads[i].iter().rev().map(Vec::as_slice));
+        if let Some(encoded) = encoded {
+            st.encoded.extend(encoded.of_step(i));
         }
         let result = match step {
             Step::Open(start) => step_open(&mut st, start).map(StepOutcome::Opened),

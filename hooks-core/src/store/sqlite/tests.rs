@@ -552,3 +552,22 @@ fn recording_one_event_of_a_packed_row_splits_it_and_keeps_the_others() {
         assert_eq!(store.counts().await.unwrap(), (0, 0, 1, 1));
     });
 }
+
+#[test]
+fn a_refused_step_leaves_its_payloads_out_of_the_packed_row() {
+    let dir = Dir::new("packed-refused");
+    let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+    rt().block_on(async {
+        let steps = Arc::new(vec![
+            Step::Open(start(1, "a", None)),
+            // The key has an open session already: refused, recording nothing.
+            Step::Open(start(2, "a", None)),
+            Step::Record(received(30, 1, "kept")),
+        ]);
+        let out = store.submit(steps, &[]).unwrap().wait().await.unwrap();
+        assert!(matches!(out[1], Ok(StepOutcome::Opened(OpenOutcome::KeyBusy { .. }))), "{out:?}");
+        assert_eq!(outbox_rows(&dir), [(1, 2, "packed".to_owned())]);
+        let names: Vec<_> = store.pending(10).await.unwrap().iter().map(|e| (e.seq.0, e.event.name())).collect();
+        assert_eq!(names, [(1, "session_start"), (2, "message_received")]);
+    });
+}
