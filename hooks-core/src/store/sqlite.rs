@@ -139,17 +139,21 @@ const MIGRATIONS: &[&str] = &[
     -- Version 3, for throughput (see docs/operations.md#throughput): a session's messages are stored
     -- in chunks, one row per session and group-commit job holding that job's messages in order,
     -- instead of one row per message; a session that opens and closes within one job writes none.
-    -- `first` is the message number (1-based) of a chunk's first message. `messages` is MessagePack,
-    -- an array of [at (ns since the Unix epoch, UTC), user_id, text]; rows migrated from version 2
-    -- hold the same array as JSON text.
+    -- `first` and `last` are the message numbers (1-based) of a chunk's first and last message,
+    -- `last_at` the time of its latest (ns since the Unix epoch, UTC). `messages` is MessagePack, an
+    -- array of [at, user_id, text]; rows migrated from version 2 hold the same array as JSON text.
+    -- An open session's message count and last message time are its row's or its newest chunk's,
+    -- whichever is later: writing a chunk no longer updates the session row.
     CREATE TABLE transcript_chunks (
         session_id BLOB NOT NULL,
         first INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
         messages BLOB NOT NULL,
         PRIMARY KEY (session_id, first)
     ) WITHOUT ROWID;
     INSERT INTO transcript_chunks
-        SELECT session_id, min(n), json_group_array(json_array(at, user_id, text) ORDER BY n)
+        SELECT session_id, min(n), max(n), max(at), json_group_array(json_array(at, user_id, text) ORDER BY n)
         FROM transcript GROUP BY session_id;
     DROP TABLE transcript;
 
@@ -749,7 +753,7 @@ enum Sql {
     CloseSession,
     DeleteTranscript,
     ReadCount,
-    WriteCount,
+    LastChunk,
     InsertTranscript,
 }
 
@@ -776,8 +780,12 @@ impl Sql {
             }
             Sql::DeleteTranscript => "DELETE FROM transcript_chunks WHERE session_id = ?1",
             Sql::ReadCount => "SELECT message_count, last_message_at FROM sessions WHERE id = ?1 AND state = 'open'",
-            Sql::WriteCount => "UPDATE sessions SET message_count = ?2, last_message_at = ?3 WHERE id = ?1",
-            Sql::InsertTranscript => "INSERT INTO transcript_chunks (session_id, first, messages) VALUES (?1, ?2, ?3)",
+            Sql::LastChunk => {
+                "SELECT last, last_at FROM transcript_chunks WHERE session_id = ?1 ORDER BY first DESC LIMIT 1"
+            }
+            Sql::InsertTranscript => {
+                "INSERT INTO transcript_chunks (session_id, first, last, last_at, messages) VALUES (?1, ?2, ?3, ?4, ?5)"
+            }
         }
     }
 }
@@ -995,7 +1003,10 @@ fn insert_session(
 fn close_session(st: &mut Stmts<'_>, end: &SessionEnd) -> Result<bool, StoreError> {
     let id = &id_blob(end.session_id)[..];
     let touched = st.touched.remove(&end.session_id);
-    let last = touched.as_ref().map_or(i64::MIN, |t| t.last);
+    // The row's last message time may predate chunks written since; the transcript's newest entry
+    // (when transcripts are kept) and this job's messages bring it up to date.
+    let newest = end.transcript.entries().last().map_or(i64::MIN, |e| nanos(e.at));
+    let last = touched.as_ref().map_or(i64::MIN, |t| t.last).max(newest);
     let changed = st
         .get(Sql::CloseSession)?
         .execute(params![
@@ -1094,12 +1105,16 @@ fn step_record(st: &mut Stmts<'_>, event: &AnyEvent) -> Result<OutboxSeq, StoreE
 
 fn step_message<'c>(st: &mut Stmts<'c>, m: &'c RoutedMessage) -> Result<(), StoreError> {
     if !st.touched.contains_key(&m.session_id) {
-        let (count, last) = st
+        let id = &id_blob(m.session_id)[..];
+        let (count, last): (i64, i64) = st
             .get(Sql::ReadCount)?
-            .query_row([&id_blob(m.session_id)[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(classify)?
             .ok_or(StoreError::UnknownSession(m.session_id))?;
+        let newest: Option<(i64, i64)> =
+            st.get(Sql::LastChunk)?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(classify)?;
+        let (count, last) = newest.map_or((count, last), |(n, at)| (count.max(n), last.max(at)));
         st.touched.insert(m.session_id, Touched { count, last, opened_here: false, messages: Vec::new() });
     }
     let touched = st.touched.get_mut(&m.session_id).expect("inserted just above");
@@ -1116,18 +1131,19 @@ fn opened(st: &mut Stmts<'_>, start: &SessionStart) {
 }
 
 /// At the end of a job, writes what it owes the sessions it routed messages to and did not close:
-/// each one's message count and last message time, and its messages as one transcript chunk.
+/// each one's messages as one transcript chunk, which also carries its message count and last
+/// message time (the session row is not updated).
 fn flush(st: &mut Stmts<'_>) -> Result<(), StoreError> {
     let touched = std::mem::take(&mut st.touched);
     for (id, t) in touched {
         if t.messages.is_empty() {
             continue;
         }
-        let id = &id_blob(id)[..];
-        st.get(Sql::WriteCount)?.execute(params![id, t.count, t.last]).map_err(classify)?;
         let first = t.count - t.messages.len() as i64 + 1;
         let chunk = codec::encode_chunk(&t.messages);
-        st.get(Sql::InsertTranscript)?.execute(params![id, first, chunk]).map_err(classify)?;
+        st.get(Sql::InsertTranscript)?
+            .execute(params![&id_blob(id)[..], first, t.count, t.last, chunk])
+            .map_err(classify)?;
     }
     Ok(())
 }
@@ -1158,13 +1174,17 @@ fn recover(conn: &Connection) -> Result<Recovery, StoreError> {
             })
             .map_err(classify)?;
         let mut chunks = conn
-            .prepare("SELECT messages FROM transcript_chunks WHERE session_id = ?1 ORDER BY first")
+            .prepare("SELECT messages, last, last_at FROM transcript_chunks WHERE session_id = ?1 ORDER BY first")
             .map_err(classify)?;
         for row in rows {
-            let (id, key, user_id, started_at, last, count) = row.map_err(classify)?;
+            // The row's count and last message time, or its newest chunk's if later (chunks do not
+            // update the row).
+            let (id, key, user_id, started_at, mut last, mut count) = row.map_err(classify)?;
             let mut entries = Vec::new();
             let mut stored = chunks.query([&id]).map_err(classify)?;
             while let Some(r) = stored.next().map_err(classify)? {
+                count = count.max(r.get(1).map_err(classify)?);
+                last = last.max(r.get(2).map_err(classify)?);
                 let chunk = match r.get_ref(0).map_err(classify)? {
                     ValueRef::Blob(bytes) => codec::Chunk::MessagePack(bytes),
                     ValueRef::Text(text) => {

@@ -351,7 +351,7 @@ fn a_failing_call_in_a_group_commit_fails_alone() {
 }
 
 #[test]
-fn messages_counted_in_one_batch_reach_the_session_row_before_its_close_and_at_the_end() {
+fn messages_counted_in_one_batch_are_recovered_and_continue_in_the_next() {
     let dir = Dir::new("counts");
     let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
     let msg = |n: u128, min: u32| {
