@@ -1,7 +1,6 @@
 //! The session store choice (`--store memory|sqlite:PATH`, `--synchronous full|normal`), the durable
 //! replay path (group commit into SQLite, delivery after commit) and the `dead-letters` command.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +10,7 @@ use hooks_core::dispatch::Dispatcher;
 use hooks_core::event::AnyEvent;
 use hooks_core::store::{
     CloseOutcome, Commit, DeliveryRecord, HandlerResult, OpenOutcome, OutboxSeq, RotateOutcome, SqliteOptions,
-    SqliteStore, Step, StepOutcome, StoreError, Synchronous,
+    SqliteStore, Step, StepOutcome, Synchronous,
 };
 
 /// The file name of the session database inside the data directory.
@@ -236,25 +235,41 @@ impl DurableReplay {
         let Some((steps, commit)) = self.in_flight.pop_front() else { return Ok(()) };
         let outcomes = commit.wait().await.context("the session store failed")?;
         self.counts.commits += 1;
+        self.unrecorded.reserve(steps.len());
         for (step, outcome) in steps.iter().zip(outcomes) {
-            for (seq, event) in recorded_events(step, outcome)? {
-                let outcomes = dispatcher.deliver_any_detailed(&event, 1, &[]).await;
-                // Per-handler rows are written only for an attempt that failed somewhere; a delivery
-                // every handler took is recorded by its position alone.
-                let results: Vec<HandlerResult> = if outcomes.iter().any(|o| o.error.is_some()) {
-                    self.counts.dead_letters += 1;
-                    outcomes
-                        .into_iter()
-                        .map(|o| HandlerResult { handler: o.hook.to_string(), error: o.error })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                self.counts.recorded += 1;
-                self.unrecorded.push((seq, results));
+            match (step, outcome?) {
+                (Step::Record(event), StepOutcome::Recorded(seq)) => self.deliver(dispatcher, seq, event).await,
+                (Step::Open(start), StepOutcome::Opened(OpenOutcome::Opened { start: seq })) => {
+                    self.deliver(dispatcher, seq, &AnyEvent::SessionStart(start.clone())).await;
+                }
+                (Step::Close(end), StepOutcome::Closed(CloseOutcome::Closed { end: seq })) => {
+                    self.deliver(dispatcher, seq, &AnyEvent::SessionEnd(end.clone())).await;
+                }
+                (Step::Rotate(end, start), StepOutcome::Rotated(RotateOutcome::Rotated { end: e, start: s })) => {
+                    self.deliver(dispatcher, e, &AnyEvent::SessionEnd(end.clone())).await;
+                    self.deliver(dispatcher, s, &AnyEvent::SessionStart(start.clone())).await;
+                }
+                (_, StepOutcome::Message) => {}
+                (_, other) => bail!("the session store refused a step of a fresh replay: {other:?}"),
             }
         }
         Ok(())
+    }
+
+    /// Delivers one committed event (one attempt) and notes the delivery, to be recorded with the next
+    /// commit.
+    async fn deliver(&mut self, dispatcher: &Dispatcher, seq: OutboxSeq, event: &AnyEvent) {
+        let outcomes = dispatcher.deliver_any_detailed(event, 1, &[]).await;
+        // Per-handler rows are written only for an attempt that failed somewhere; a delivery every
+        // handler took is recorded by its position alone.
+        let results: Vec<HandlerResult> = if outcomes.iter().any(|o| o.error.is_some()) {
+            self.counts.dead_letters += 1;
+            outcomes.into_iter().map(|o| HandlerResult { handler: o.hook.to_string(), error: o.error }).collect()
+        } else {
+            Vec::new()
+        };
+        self.counts.recorded += 1;
+        self.unrecorded.push((seq, results));
     }
 
     /// Commits what is staged and records the last deliveries.
@@ -278,31 +293,6 @@ fn delivery_records(done: &[(OutboxSeq, Vec<HandlerResult>)]) -> Vec<DeliveryRec
             DeliveryRecord { seq: *seq, attempt: 1, results, dead }
         })
         .collect()
-}
-
-/// The events a committed step recorded (at most two: a rotation's end and start), with their outbox
-/// positions.
-fn recorded_events(
-    step: &Step,
-    outcome: Result<StepOutcome, StoreError>,
-) -> Result<impl Iterator<Item = (OutboxSeq, Cow<'_, AnyEvent>)>> {
-    let one = |seq, event| [Some((seq, event)), None];
-    let recorded = match (step, outcome?) {
-        (Step::Open(start), StepOutcome::Opened(OpenOutcome::Opened { start: seq })) => {
-            one(seq, Cow::Owned(AnyEvent::SessionStart(start.clone())))
-        }
-        (Step::Close(end), StepOutcome::Closed(CloseOutcome::Closed { end: seq })) => {
-            one(seq, Cow::Owned(AnyEvent::SessionEnd(end.clone())))
-        }
-        (Step::Rotate(end, start), StepOutcome::Rotated(RotateOutcome::Rotated { end: e, start: s })) => [
-            Some((e, Cow::Owned(AnyEvent::SessionEnd(end.clone())))),
-            Some((s, Cow::Owned(AnyEvent::SessionStart(start.clone())))),
-        ],
-        (Step::Record(event), StepOutcome::Recorded(seq)) => one(seq, Cow::Borrowed(event)),
-        (_, StepOutcome::Message) => [None, None],
-        (_, other) => bail!("the session store refused a step of a fresh replay: {other:?}"),
-    };
-    Ok(recorded.into_iter().flatten())
 }
 
 /// `dead-letters list`: prints every dead letter (or JSON).

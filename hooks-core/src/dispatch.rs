@@ -253,7 +253,9 @@ impl Dispatcher {
         let failed = if list.all_sync() {
             self.deliver_sync(hooks, event, ctx)
         } else {
-            self.deliver_mixed(hooks, event, &ctx).await
+            let mut failed = 0;
+            self.deliver_mixed(hooks, event, &ctx, |_| true, |_, result| failed += usize::from(result.is_err())).await;
+            failed
         };
         Delivery { handlers: hooks.len(), failed }
     }
@@ -286,8 +288,17 @@ impl Dispatcher {
     /// comes; an async one is polled once right away, and only if it is still pending does it get a
     /// timeout and wait, concurrently with the others, until every handler is done. Most handlers
     /// finish on their first poll, so the common case allocates nothing beyond the handler's own
-    /// future and the contexts. Returns how many failed.
-    async fn deliver_mixed<E: Event>(&self, hooks: &[Hook<E>], event: &E, base: &HookContext) -> usize {
+    /// future and the contexts. Only handlers for which `called` holds are called (the others are
+    /// counted as not called); `report` hears each one's result (already logged and counted), pending
+    /// ones last.
+    async fn deliver_mixed<E: Event>(
+        &self,
+        hooks: &[Hook<E>],
+        event: &E,
+        base: &HookContext,
+        called: impl Fn(usize) -> bool,
+        mut report: impl FnMut(usize, Result<E::Output, Failure>),
+    ) {
         // A context per handler, since pending handlers hold theirs while the next ones run.
         let contexts: Vec<HookContext> = hooks
             .iter()
@@ -297,12 +308,15 @@ impl Dispatcher {
                 ctx
             })
             .collect();
-        let mut failed = 0;
         let mut waiting = Vec::new();
         for (i, (hook, ctx)) in hooks.iter().zip(&contexts).enumerate() {
+            if !called(i) {
+                self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let f = match hook.handler() {
                 Handler::Sync(_) => {
-                    failed += usize::from(self.call_sync(i, hook, event, ctx, &mut None).is_err());
+                    report(i, self.call_sync(i, hook, event, ctx, &mut None));
                     continue;
                 }
                 Handler::Async(f) => f,
@@ -322,7 +336,8 @@ impl Dispatcher {
             };
             let result = match first {
                 Ok(std::task::Poll::Pending) => {
-                    waiting.push(self.finish_async(i, hook, event, future, started, ctx.timeout));
+                    let finish = self.finish_async(i, hook, event, future, started, ctx.timeout);
+                    waiting.push(async move { (i, finish.await) });
                     continue;
                 }
                 Ok(std::task::Poll::Ready(result)) => result.map_err(Failure::Error),
@@ -331,12 +346,13 @@ impl Dispatcher {
             if let Some(started) = started {
                 counters.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
-            failed += usize::from(self.settle(hook, event, counters, result).is_err());
+            report(i, self.settle(hook, event, counters, result));
         }
         if !waiting.is_empty() {
-            failed += futures::future::join_all(waiting).await.iter().filter(|r| r.is_err()).count();
+            for (i, result) in futures::future::join_all(waiting).await {
+                report(i, result);
+            }
         }
-        failed
     }
 
     /// Waits for an async handler that was pending on its first poll, until its timeout counted from
@@ -421,19 +437,15 @@ impl Dispatcher {
             }
             return out;
         }
-        let calls = list.as_slice().iter().zip(names).enumerate().filter_map(|(i, (hook, name))| {
-            if skip.iter().any(|s| **s == **name) {
-                self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            let mut ctx = ctx.clone();
-            Some(async move {
-                let error = self.call(i, hook, event, &mut ctx).await.err().map(|f| f.to_string());
-                HandlerOutcome { hook: Arc::clone(name), error }
-            })
-        });
-        // Sync handlers run when polled, in registry order; async ones run concurrently, as in `deliver`.
-        futures::future::join_all(calls).await
+        // As in `deliver`: in registry order, async handlers polled once and only pending ones waited
+        // for, concurrently.
+        let mut out: Vec<Option<HandlerOutcome>> = names.iter().map(|_| None).collect();
+        let called = |i: usize| !skip.iter().any(|s| **s == *names[i]);
+        self.deliver_mixed(list.as_slice(), event, &ctx, called, |i, result| {
+            out[i] = Some(HandlerOutcome { hook: Arc::clone(&names[i]), error: result.err().map(|f| f.to_string()) });
+        })
+        .await;
+        out.into_iter().flatten().collect()
     }
 
     /// Delivers an event of any kind. A [`Command`] is delivered for observation only: its handlers'

@@ -343,9 +343,9 @@ pub(crate) struct PackWriter {
 }
 
 impl PackWriter {
-    /// An empty pack with room for about `bytes` bytes.
-    pub(crate) fn with_capacity(bytes: usize) -> Self {
-        let mut out = Self { bytes: Vec::with_capacity(bytes.max(16)), spans: Vec::new() };
+    /// An empty pack with room for about `bytes` bytes in `payloads` payloads.
+    pub(crate) fn with_capacity(bytes: usize, payloads: usize) -> Self {
+        let mut out = Self { bytes: Vec::with_capacity(bytes.max(16)), spans: Vec::with_capacity(payloads) };
         // A fixed-size array header (0xdd and a 32-bit count), filled in by `finish`.
         out.bytes.extend_from_slice(&[0xdd, 0, 0, 0, 0]);
         out
@@ -647,7 +647,7 @@ mod tests {
     #[test]
     fn a_pack_written_ahead_reads_back_like_a_pack_of_its_payloads() {
         let (m, e) = (AnyEvent::MessageReceived(message()), session_end());
-        let mut ahead = PackWriter::with_capacity(0);
+        let mut ahead = PackWriter::with_capacity(0, 0);
         ahead.event(&m);
         ahead.end(&e);
         let (bytes, spans) = ahead.finish();

@@ -1255,8 +1255,8 @@ struct Encoded {
 
 impl Encoded {
     fn new(steps: &[Step]) -> Self {
-        // About 200 bytes per event of real traffic; the buffer grows if that is short.
-        let mut out = codec::PackWriter::with_capacity(steps.len() * 200);
+        // About 250 bytes per event of real traffic; the buffer grows if that is short.
+        let mut out = codec::PackWriter::with_capacity(steps.len() * 250, steps.len());
         let mut ranges = Vec::with_capacity(steps.len());
         for step in steps {
             let from = out.len();
@@ -1333,7 +1333,7 @@ struct Deliveries {
 
 impl Deliveries {
     fn new(records: &[DeliveryRecord<'_>]) -> Self {
-        let mut delivered = Vec::new();
+        let mut delivered = Vec::with_capacity(records.len());
         let mut other = Vec::new();
         for r in records {
             if r.attempt == 1 && r.results.iter().all(|h| h.error.is_none()) {
