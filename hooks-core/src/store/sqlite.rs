@@ -1106,15 +1106,19 @@ fn step_record(st: &mut Stmts<'_>, event: &AnyEvent) -> Result<OutboxSeq, StoreE
 fn step_message<'c>(st: &mut Stmts<'c>, m: &'c RoutedMessage) -> Result<(), StoreError> {
     if !st.touched.contains_key(&m.session_id) {
         let id = &id_blob(m.session_id)[..];
-        let (count, last): (i64, i64) = st
-            .get(Sql::ReadCount)?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(classify)?
-            .ok_or(StoreError::UnknownSession(m.session_id))?;
+        // Chunks exist only for open sessions (a close deletes them), and the newest one holds the
+        // count and last message time; without one, the session row says whether it is open.
         let newest: Option<(i64, i64)> =
             st.get(Sql::LastChunk)?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(classify)?;
-        let (count, last) = newest.map_or((count, last), |(n, at)| (count.max(n), last.max(at)));
+        let (count, last) = match newest {
+            Some(newest) => newest,
+            None => st
+                .get(Sql::ReadCount)?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(classify)?
+                .ok_or(StoreError::UnknownSession(m.session_id))?,
+        };
         st.touched.insert(m.session_id, Touched { count, last, opened_here: false, messages: Vec::new() });
     }
     let touched = st.touched.get_mut(&m.session_id).expect("inserted just above");
