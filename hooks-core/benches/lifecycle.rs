@@ -1,10 +1,13 @@
 //! Lifecycle engine costs: bytes per open session, and the cost of one message and one expiry at
-//! 10^4, 10^5 and 10^6 open sessions (the goal is flat).
+//! 10^4, 10^5 and 10^6 open sessions (the goal is flat), beside their limits (`limit_*`): the same
+//! memory accesses with none of the engine's work, a plain hash map and an array of 128-byte records,
+//! which show how much of the growth from 10^4 to 10^6 the memory system charges any data structure.
 //!
 //! `cargo bench -p hooks-core --bench lifecycle`. The memory figures are printed before the timings;
 //! they come from a counting global allocator, so they include every heap byte the engine holds
 //! (slab, hash table, timer heap, free list; transcripts are off, keys are short enough to be inline).
 
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -152,5 +155,167 @@ fn bench_expiry(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_message, bench_message_hot, bench_expiry);
+// The limits: what the memory system charges any data structure for the same access pattern, with
+// none of the engine's work. Each op of the groups below touches what a message or an expiry must
+// touch at the least (a random key's entry and a 128-byte value; a record in deadline order), at the
+// same sizes; what their time gains from 10^4 to 10^6 is the floor under the engine's growth.
+
+/// A hasher for keys that are already hashes (the precomputed `u64` of each key).
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x;
+    }
+}
+
+type Prehashed = BuildHasherDefault<IdentityHasher>;
+
+/// A 128-byte value aligned like the engine's hot record (two adjacent cache lines).
+#[derive(Clone, Copy, Default)]
+#[repr(align(128))]
+struct Record([u64; 16]);
+
+/// A key of the limit: its precomputed 64-bit hash, padded to the size of a `SessionKey`, so that the
+/// limit's array of keys spans as many cache lines and pages as the engine benchmark's (at 10^6 keys
+/// that read is a cache miss of its own, in both).
+#[derive(Clone, Copy)]
+struct KeyHash {
+    hash: u64,
+    _as_large_as_a_session_key: [u8; std::mem::size_of::<SessionKey>() - 8],
+}
+
+/// One hash per key (the engine's hasher, over the whole key): the limit's keys.
+fn key_hashes(keys: &[SessionKey]) -> Vec<KeyHash> {
+    let build = hashbrown::DefaultHashBuilder::default();
+    keys.iter()
+        .map(|k| KeyHash {
+            hash: build.hash_one(k),
+            _as_large_as_a_session_key: [0; std::mem::size_of::<SessionKey>() - 8],
+        })
+        .collect()
+}
+
+/// A deterministic random permutation of `0..n` (Fisher-Yates over a xorshift generator).
+fn permutation(n: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// The limit of `message_to_open_session`: one lookup of a random key in a plain hash map holding a
+/// 128-byte value per key, and one write to that value, in the same key order (the same prime
+/// stride). `chained` makes each lookup's key depend on the value the previous one read (through a
+/// zero the compiler cannot see), so lookups cannot overlap: the latency of one cold lookup, which is
+/// what the engine pays between two messages of ~700 instructions each.
+fn bench_limit_hashmap(c: &mut Criterion) {
+    for (name, chained) in [("limit_hashmap_random_key", false), ("limit_hashmap_random_key_chained", true)] {
+        let mut group = c.benchmark_group(name);
+        group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+        for &n in &SIZES {
+            let hashes = key_hashes(&keys(n));
+            let mut map: hashbrown::HashMap<u64, [u64; 16], Prehashed> =
+                hashbrown::HashMap::with_capacity_and_hasher(n, Prehashed::default());
+            for h in &hashes {
+                map.insert(h.hash, [h.hash; 16]);
+            }
+            let zero = black_box(0u64);
+            let mut i = 0usize;
+            let mut read = 0u64;
+            group.bench_function(BenchmarkId::from_parameter(n), |b| {
+                b.iter(|| {
+                    let dependency = if chained { (read & zero) as usize } else { 0 };
+                    i = (i + 104_729 + dependency) % n;
+                    let value = map.get_mut(&hashes[i].hash).expect("every key is in the map");
+                    value[0] = value[0].wrapping_add(1);
+                    read = value[0];
+                    read
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// The limits of `one_idle_expiry`, timed one op at a time like it.
+///
+/// `limit_record_in_deadline_order`: touch (read and write) the next 128-byte record in deadline
+/// order. `slot_order` is how `populated` lays sessions out (the i-th opened, the i-th to fall due, is
+/// in the i-th slot, and an expired key reopens into the slot it left), so the engine's expiry bench
+/// walks its records in address order; `random` is a random permutation of the positions, as slots
+/// freed and reused by real traffic would give.
+///
+/// `limit_expiry_with_index_remove`: what an expiry in this bench must do at the least: the record in
+/// slot order plus removing its key from a hash index (a plain map from the key's hash to its slot;
+/// the key goes back in untimed, like the bench's reopening message).
+fn bench_limit_expiry(c: &mut Criterion) {
+    let mut group = c.benchmark_group("limit_record_in_deadline_order");
+    group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    for &n in &SIZES {
+        for (layout, order) in [("slot_order", (0..n as u32).collect()), ("random", permutation(n))] {
+            let mut records = vec![Record::default(); n];
+            let mut j = 0usize;
+            group.bench_function(BenchmarkId::new(layout, n), |b| {
+                b.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        let started = Instant::now();
+                        let record = &mut records[order[j] as usize];
+                        record.0[0] = record.0[0].wrapping_add(1);
+                        black_box(record.0[0]);
+                        spent += started.elapsed();
+                        j = (j + 1) % n;
+                    }
+                    spent
+                })
+            });
+        }
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("limit_expiry_with_index_remove");
+    group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    for &n in &SIZES {
+        let hashes = key_hashes(&keys(n));
+        let mut index: hashbrown::HashMap<u64, u32, Prehashed> =
+            hashbrown::HashMap::with_capacity_and_hasher(n, Prehashed::default());
+        for (slot, h) in hashes.iter().enumerate() {
+            index.insert(h.hash, slot as u32);
+        }
+        let mut records = vec![Record::default(); n];
+        let mut j = 0usize;
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let record = &mut records[j];
+                    record.0[0] = record.0[0].wrapping_add(1);
+                    let slot = index.remove(&hashes[j].hash);
+                    black_box((record.0[0], slot));
+                    spent += started.elapsed();
+                    index.insert(hashes[j].hash, j as u32);
+                    j = (j + 1) % n;
+                }
+                spent
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_message, bench_message_hot, bench_expiry, bench_limit_hashmap, bench_limit_expiry);
 criterion_main!(benches);

@@ -82,7 +82,7 @@ impl Engine {
                 Cold { user_id: CompactString::new(&s.user_id), started_at: s.started_at, transcript, truncated };
             let slot = self.place(hash, hot, cold);
             let due = self.due_of(deadline);
-            self.timers.push(Timer { due, seq, slot });
+            self.timers.push(Timer { due, seq, slot, hash: hash as u32 });
             restored += 1;
         }
         let first_new = out.len();
