@@ -295,8 +295,10 @@ fn run(cli: Cli) -> Result<()> {
                 let listener = tokio::net::TcpListener::bind(options.listen)
                     .await
                     .with_context(|| format!("listening on {}", options.listen))?;
+                // Signal handlers first: from the moment it says it listens, SIGTERM shuts down cleanly.
+                let stop = crate::serve::shutdown_signal();
                 eprintln!("gateway-example listening on http://{}", listener.local_addr()?);
-                crate::serve::run(listener, options, dispatcher, crate::serve::shutdown_signal()).await
+                crate::serve::run(listener, options, dispatcher, stop).await
             })?;
             audit.finish().context("finishing the events file")?;
             eprintln!(

@@ -395,27 +395,36 @@ async fn metrics<A: Agent>(State(app): State<Arc<App<A>>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }
 
-/// Resolves when the process receives SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves when the process receives SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when
+/// this is called, not when it is first awaited: a signal that arrives right after start-up (a
+/// supervisor stopping a gateway it just started) already means a graceful shutdown. Call it inside a
+/// Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(%e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+    {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let (interrupt, terminate) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        async fn received(name: &str, signal: std::io::Result<Signal>) {
+            match signal {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(%e, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
             }
         }
-    };
+        async move {
+            tokio::select! {
+                () = received("SIGINT", interrupt) => tracing::info!("SIGINT received"),
+                () = received("SIGTERM", terminate) => tracing::info!("SIGTERM received"),
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Ctrl-C received");
     }
 }
