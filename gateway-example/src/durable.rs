@@ -89,8 +89,9 @@ pub async fn open_sqlite(path: &Path, options: SqliteOptions) -> Result<SqliteSt
 pub struct DurableCounts {
     /// Events recorded in the outbox and delivered after their commit.
     pub recorded: u64,
-    /// Transactions committed (group commits).
-    pub commits: u64,
+    /// Batches committed and delivered: one store job each (`--batch` records, or fewer for the last);
+    /// the store's writer commits every batch waiting for it in one transaction.
+    pub batches: u64,
     /// Events whose delivery failed for some handler (dead letters).
     pub dead_letters: u64,
 }
@@ -234,7 +235,7 @@ impl DurableReplay {
     async fn deliver_oldest(&mut self, dispatcher: &Dispatcher) -> Result<()> {
         let Some((steps, commit)) = self.in_flight.pop_front() else { return Ok(()) };
         let outcomes = commit.wait().await.context("the session store failed")?;
-        self.counts.commits += 1;
+        self.counts.batches += 1;
         self.unrecorded.reserve(steps.len());
         for (step, outcome) in steps.iter().zip(outcomes) {
             match (step, outcome?) {

@@ -98,11 +98,11 @@ impl std::fmt::Display for Summary {
         writeln!(f, "  handler failures   {}", self.handler_failures)?;
         writeln!(f, "  events written     {}", self.events_written)?;
         if let Some(d) = &self.durable {
-            let per = if d.commits == 0 { 0.0 } else { d.recorded as f64 / d.commits as f64 };
+            let per = if d.batches == 0 { 0.0 } else { d.recorded as f64 / d.batches as f64 };
             writeln!(
                 f,
-                "  store              {} events recorded in {} commits ({per:.0} per commit), {} dead letters",
-                d.recorded, d.commits, d.dead_letters
+                "  store              {} events recorded in {} batches ({per:.0} per batch), {} dead letters",
+                d.recorded, d.batches, d.dead_letters
             )?;
         }
         write!(f, "  wall time          {:.3} s ({:.0} records/s)", self.wall_seconds, self.records_per_second)
