@@ -266,7 +266,10 @@ struct Job {
 ///   message. They are deleted in the transaction that closes the session: its `SessionEnd` in the
 ///   outbox carries them from then on.
 /// - `outbox`: recorded events in order of `seq`, the payload in MessagePack (JSON text for rows
-///   written by version 1), `state` `pending` or `dead`; a delivered event's row is deleted.
+///   written by version 1), `state` `pending` or `dead`; a delivered event's row is deleted. A row
+///   written by [`submit`](Self::submit) may hold several events (`events`, at positions `seq` to
+///   `seq + events - 1`); it is split into one row per event before anything is recorded about one
+///   of them alone.
 /// - `deliveries`: per event and handler, attempts and the last error, so a re-delivery skips the
 ///   handlers that already succeeded.
 ///
