@@ -14,7 +14,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,15 +63,7 @@ fn spawn(dir: &Path, failpoint: Option<String>) -> Serve {
     }
     let mut child = cmd.spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        let n = stderr.read_line(&mut line).unwrap();
-        assert!(n > 0, "serve exited before listening: {:?}", child.wait());
-        if let Some(rest) = line.trim().strip_prefix("gateway-example listening on http://") {
-            break rest.to_owned();
-        }
-    };
+    let addr = common::listening_addr(&mut stderr);
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut sink = String::new();

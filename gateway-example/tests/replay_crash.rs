@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -90,14 +90,7 @@ fn serve_and_stop(data: &Path) {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited before listening: {:?}", child.wait());
-        if let Some(rest) = line.trim().strip_prefix("gateway-example listening on http://") {
-            break rest.to_owned();
-        }
-    };
+    let addr = common::listening_addr(&mut stderr);
     // Recovery is done once it listens; an answer shows it serves.
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -29,14 +29,7 @@ impl Gateway {
             .spawn()
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited before listening");
-            if let Some(rest) = line.trim().strip_prefix("gateway-example listening on http://") {
-                break rest.to_owned();
-            }
-        };
+        let addr = common::listening_addr(&mut stderr);
         Self { child, addr, dir, stderr }
     }
 

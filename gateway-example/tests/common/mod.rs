@@ -14,6 +14,19 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gateway-example"))
 }
 
+/// Reads a starting `serve`'s stderr up to its "listening" line and returns the address it listens on
+/// (`host:port`); panics if it exits first.
+pub fn listening_addr(stderr: &mut impl std::io::BufRead) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited before listening");
+        if let Some(rest) = line.trim().strip_prefix("gateway-example listening on http://") {
+            return rest.to_owned();
+        }
+    }
+}
+
 /// The repository's `data/` directory.
 pub fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("data").join(name)

@@ -33,6 +33,16 @@ fn end(n: u128, chat: &str, reason: CloseReason) -> SessionEnd {
     )
 }
 
+/// Message `m{min}` from alice to session `n`, at 10:`min` on 2024-05-01.
+fn routed(n: u128, min: u32) -> Step {
+    Step::Message(RoutedMessage {
+        session_id: SessionId::from_u128(n),
+        at: t(&format!("2024-05-01T10:{min:02}:00Z")),
+        user_id: "alice".into(),
+        text: format!("m{min}"),
+    })
+}
+
 struct Dir(PathBuf);
 
 impl Dir {
@@ -354,14 +364,7 @@ fn a_failing_call_in_a_group_commit_fails_alone() {
 fn messages_counted_in_one_batch_are_recovered_and_continue_in_the_next() {
     let dir = Dir::new("counts");
     let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
-    let msg = |n: u128, min: u32| {
-        Step::Message(RoutedMessage {
-            session_id: SessionId::from_u128(n),
-            at: t(&format!("2024-05-01T10:{min:02}:00Z")),
-            user_id: "alice".into(),
-            text: format!("m{min}"),
-        })
-    };
+    let msg = routed;
     rt().block_on(async {
         let steps = vec![
             Step::Open(start(1, "a", None)),
@@ -394,14 +397,7 @@ fn messages_counted_in_one_batch_are_recovered_and_continue_in_the_next() {
 fn a_transcript_written_over_several_jobs_is_recovered_in_order_and_dropped_at_close() {
     let dir = Dir::new("chunks");
     let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
-    let msg = |n: u128, min: u32| {
-        Step::Message(RoutedMessage {
-            session_id: SessionId::from_u128(n),
-            at: t(&format!("2024-05-01T10:{min:02}:00Z")),
-            user_id: "alice".into(),
-            text: format!("m{min}"),
-        })
-    };
+    let msg = routed;
     let chunk_rows = || -> i64 {
         Connection::open(dir.db())
             .unwrap()
