@@ -130,6 +130,9 @@ impl AuditLog {
     }
 }
 
+// `head` and the `field_*` writers are inlined into each hook, so that their constant keys become a
+// few stores instead of `memcpy` calls (3.5 % of a whole replay when the compiler chose otherwise).
+#[inline(always)]
 fn head(buf: &mut Vec<u8>, event: &str, event_id: EventId) {
     buf.extend_from_slice(b"{\"event\":\"");
     buf.extend_from_slice(event.as_bytes());
@@ -137,18 +140,21 @@ fn head(buf: &mut Vec<u8>, event: &str, event_id: EventId) {
     push_id(buf, event_id.hyphenated_bytes());
 }
 
+#[inline(always)]
 fn field_ts(buf: &mut Vec<u8>, key: &str, ts: jiff::Timestamp) {
     buf.push(b',');
     push_key(buf, key);
     push_ts(buf, ts);
 }
 
+#[inline(always)]
 fn field_str(buf: &mut Vec<u8>, key: &str, value: &str) {
     buf.push(b',');
     push_key(buf, key);
     push_str(buf, value);
 }
 
+#[inline(always)]
 fn field_id(buf: &mut Vec<u8>, key: &str, id: Option<SessionId>) {
     buf.push(b',');
     push_key(buf, key);
@@ -158,6 +164,7 @@ fn field_id(buf: &mut Vec<u8>, key: &str, id: Option<SessionId>) {
     }
 }
 
+#[inline(always)]
 fn field_u64(buf: &mut Vec<u8>, key: &str, n: u64) {
     buf.push(b',');
     push_key(buf, key);
