@@ -567,3 +567,132 @@ fn a_refused_step_leaves_its_payloads_out_of_the_packed_row() {
         assert_eq!(names, [(1, "session_start"), (2, "message_received")]);
     });
 }
+
+mod packed_rows_model {
+    //! Packed outbox rows against a model: random jobs of events (each job one packed row), deliveries
+    //! of random subsets (first-attempt successes, failures, dead letters), single `mark_delivered`
+    //! calls, dead-letter retries and reopening the store, checked after every operation against a
+    //! plain list of what must be pending and what must be dead.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A job recording this many events.
+        Submit(u8),
+        /// Delivers the pending events picked by the mask bits (in order), each succeeding, failing, or
+        /// failing for good by the outcome bits.
+        Deliver(u32, u32),
+        /// Marks the n-th pending event (modulo their number) delivered on its own.
+        MarkOne(u8),
+        RetryDead,
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (1u8..7).prop_map(Op::Submit),
+            3 => (any::<u32>(), any::<u32>()).prop_map(|(m, o)| Op::Deliver(m, o)),
+            1 => any::<u8>().prop_map(Op::MarkOne),
+            1 => Just(Op::RetryDead),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    fn event(n: u128) -> AnyEvent {
+        received(n, 1, &format!("m{n}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn packed_rows_behave_like_one_row_per_event(ops in proptest::collection::vec(op(), 1..24)) {
+            // A fresh directory per case (`Dir::new` empties it; dropping it removes it).
+            let dir = Dir::new("packed-model");
+            let options = || SqliteOptions::default().with_synchronous(Synchronous::Normal);
+            let mut store = Some(SqliteStore::open(dir.db(), options()).unwrap());
+            // The model: pending (position, event id) in order, and dead positions.
+            let mut pending: Vec<(u64, u128)> = Vec::new();
+            let mut dead: Vec<(u64, u128)> = Vec::new();
+            let mut next_id = 1u128;
+            let rt = rt();
+            for op in ops {
+                let s = store.as_ref().unwrap();
+                match op {
+                    Op::Submit(k) => {
+                        let steps: Vec<Step> = (0..k).map(|i| Step::Record(event(next_id + u128::from(i)))).collect();
+                        let seqs = rt.block_on(submit_and_wait(s, steps, &[]));
+                        for (i, seq) in seqs.into_iter().enumerate() {
+                            pending.push((seq.0, next_id + i as u128));
+                        }
+                        next_id += u128::from(k);
+                    }
+                    Op::Deliver(mask, outcome) => {
+                        let failed = [HandlerResult { handler: "m::h".into(), error: Some("boom".into()) }];
+                        let picked: Vec<(usize, u64, u128)> = pending
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| mask & (1 << (i % 32)) != 0)
+                            .map(|(i, &(seq, id))| (i, seq, id))
+                            .collect();
+                        let records: Vec<DeliveryRecord<'_>> = picked
+                            .iter()
+                            .map(|&(i, seq, _)| match (outcome >> (2 * (i % 16))) & 3 {
+                                0 | 1 => DeliveryRecord { seq: OutboxSeq(seq), attempt: 1, results: &[], dead: false },
+                                2 => DeliveryRecord { seq: OutboxSeq(seq), attempt: 1, results: &failed, dead: false },
+                                _ => DeliveryRecord { seq: OutboxSeq(seq), attempt: 1, results: &failed, dead: true },
+                            })
+                            .collect();
+                        rt.block_on(s.record_deliveries(&records)).unwrap();
+                        let mut keep = Vec::new();
+                        for (i, &(seq, id)) in pending.iter().enumerate() {
+                            match picked.iter().find(|p| p.0 == i).map(|_| (outcome >> (2 * (i % 16))) & 3) {
+                                Some(0 | 1) => {}
+                                Some(2) | None => keep.push((seq, id)),
+                                Some(_) => dead.push((seq, id)),
+                            }
+                        }
+                        pending = keep;
+                    }
+                    Op::MarkOne(n) => {
+                        if !pending.is_empty() {
+                            let (seq, _) = pending.remove(usize::from(n) % pending.len());
+                            rt.block_on(s.mark_delivered(OutboxSeq(seq))).unwrap();
+                        }
+                    }
+                    Op::RetryDead => {
+                        let moved = rt.block_on(s.retry_dead_letters(None)).unwrap();
+                        prop_assert_eq!(moved, dead.len() as u64);
+                        pending.append(&mut dead);
+                        pending.sort_unstable();
+                    }
+                    Op::Reopen => {
+                        drop(store.take());
+                        store = Some(SqliteStore::open(dir.db(), options()).unwrap());
+                    }
+                }
+                let s = store.as_ref().unwrap();
+                let got: Vec<(u64, u128)> = rt
+                    .block_on(s.pending(10_000))
+                    .unwrap()
+                    .iter()
+                    .map(|e| (e.seq.0, e.event.event_id().as_u128()))
+                    .collect();
+                prop_assert_eq!(&got, &pending);
+                let recovered: Vec<u64> = rt.block_on(s.recover()).unwrap().pending.iter().map(|p| p.entry.seq.0).collect();
+                prop_assert_eq!(recovered, pending.iter().map(|p| p.0).collect::<Vec<_>>());
+                let mut got_dead: Vec<(u64, String)> =
+                    rt.block_on(s.dead_letters()).unwrap().into_iter().map(|d| (d.seq.0, d.event_id)).collect();
+                got_dead.sort_unstable();
+                let mut want_dead: Vec<(u64, String)> =
+                    dead.iter().map(|&(seq, id)| (seq, EventId::from_u128(id).to_string())).collect();
+                want_dead.sort_unstable();
+                prop_assert_eq!(got_dead, want_dead);
+                let (_, _, n_pending, n_dead) = rt.block_on(s.counts()).unwrap();
+                prop_assert_eq!((n_pending, n_dead), (pending.len() as u64, dead.len() as u64));
+            }
+        }
+    }
+}
