@@ -13,6 +13,8 @@ use hooks_core::store::{
     SqliteStore, Step, StepOutcome, Synchronous,
 };
 
+use crate::hooks::audit::AuditLog;
+
 /// The file name of the session database inside the data directory.
 pub const DB_FILE: &str = "sessions.sqlite3";
 
@@ -189,7 +191,7 @@ impl DurableReplay {
         if self.inputs < self.batch {
             return Ok(());
         }
-        self.submit()?;
+        self.submit(dispatcher)?;
         while self.in_flight.front_mut().is_some_and(|(_, commit)| commit.is_done()) {
             self.deliver_oldest(dispatcher).await?;
         }
@@ -209,7 +211,7 @@ impl DurableReplay {
     /// The store failed: nothing of that batch was recorded or delivered.
     pub async fn flush(&mut self, dispatcher: &Dispatcher) -> Result<()> {
         if !self.steps.is_empty() {
-            self.submit()?;
+            self.submit(dispatcher)?;
         }
         while !self.in_flight.is_empty() {
             self.deliver_oldest(dispatcher).await?;
@@ -219,8 +221,11 @@ impl DurableReplay {
 
     /// Hands the staged steps, and the deliveries of the batches delivered since the last hand-over,
     /// to the store's writer.
-    fn submit(&mut self) -> Result<()> {
+    fn submit(&mut self, dispatcher: &Dispatcher) -> Result<()> {
         self.inputs = 0;
+        if !self.unrecorded.is_empty() {
+            flush_events_file(dispatcher)?;
+        }
         // The next batch is sized like this one: growing it step by step copied every step again.
         let capacity = self.steps.len();
         let steps = Arc::new(std::mem::replace(&mut self.steps, Vec::with_capacity(capacity)));
@@ -280,10 +285,21 @@ impl DurableReplay {
     /// The store failed.
     pub async fn finish(&mut self, dispatcher: &Dispatcher) -> Result<()> {
         self.flush(dispatcher).await?;
+        flush_events_file(dispatcher)?;
         let done = std::mem::take(&mut self.unrecorded);
         self.store.record_deliveries(&delivery_records(&done)).await.context("recording deliveries")?;
         Ok(())
     }
+}
+
+/// Writes out the events file's buffered lines before deliveries are recorded: what the store counts as
+/// delivered must be in the file even if the process is killed right after (the audit hook buffers
+/// its lines in replay).
+fn flush_events_file(dispatcher: &Dispatcher) -> Result<()> {
+    if let Some(audit) = dispatcher.state().get::<Arc<AuditLog>>() {
+        audit.flush().context("writing the events file")?;
+    }
+    Ok(())
 }
 
 /// One attempt each; a failed delivery is a dead letter at once (replay does not retry).

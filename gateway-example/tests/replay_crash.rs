@@ -6,6 +6,9 @@
 //! - `serve` on that database delivers exactly the pending events, each once, with its event id, and
 //!   ends every session the replay left open (late, as idle expiries) with exactly one `session_end`;
 //! - it sends no `session_end` for a session whose end the replay had already delivered and recorded;
+//! - across the replay's events file and serve's, every recorded session has exactly one start and one
+//!   end, each under one event id (so the replay writes out its buffered lines before recording a
+//!   delivery);
 //! - afterwards every session in the database is closed and the outbox is empty.
 
 mod common;
@@ -181,6 +184,24 @@ fn a_killed_durable_replay_leaves_a_database_that_serve_recovers_exactly_once() 
             assert!(ends.contains_key(session), "cycle {cycle}: open session {session} never ended");
         }
         assert!(before.sessions.len() >= before.open.len());
+
+        // Across both processes' events files (the replay writes out its buffered lines before it
+        // records a delivery): every session recorded has exactly one start and one end, each under one
+        // event id (a re-delivery repeats it), and no other session has either.
+        let mut all = read_events(&data.join("replay-events.jsonl"));
+        all.extend(events.iter().cloned());
+        for kind in ["session_start", "session_end"] {
+            let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
+            for e in all.iter().filter(|e| e["event"] == kind) {
+                let session = e["session_id"].as_str().unwrap().to_owned();
+                ids.entry(session).or_default().insert(e["event_id"].as_str().unwrap().to_owned());
+            }
+            for session in &before.sessions {
+                let n = ids.get(session).map_or(0, HashSet::len);
+                assert_eq!(n, 1, "cycle {cycle}: session {session} has {n} {kind} event ids");
+            }
+            assert_eq!(ids.len(), before.sessions.len(), "cycle {cycle}: a {kind} for a session not recorded");
+        }
 
         let conn = rusqlite::Connection::open(&db).unwrap();
         let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();

@@ -94,6 +94,18 @@ impl AuditLog {
         self.lock().lines
     }
 
+    /// Writes the buffered lines to the file (to the kernel: they survive the process, not a power
+    /// loss). A durable replay calls this before it records deliveries, so that an event the store
+    /// counts as delivered is in the file even if the process is killed right after.
+    ///
+    /// # Errors
+    ///
+    /// The write failed (the error is also kept for [`finish`](Self::finish)).
+    pub fn flush(&self) -> io::Result<()> {
+        let mut sink = self.lock();
+        if sink.buf.is_empty() { Ok(()) } else { sink.flush() }
+    }
+
     /// Flushes buffered lines to the file.
     ///
     /// # Errors
