@@ -250,38 +250,57 @@ impl Dispatcher {
         let hooks = list.as_slice();
         let ctx = self.context(event, attempt);
         self.delivered::<E>();
-        let failed = if list.all_sync() {
-            self.deliver_sync(hooks, event, ctx)
+        let mut failed = 0;
+        let count = |_, result: Result<E::Output, Failure>| failed += usize::from(result.is_err());
+        if list.all_sync() {
+            self.deliver_sync(hooks, event, ctx, |_| true, count);
         } else {
-            let mut failed = 0;
-            self.deliver_mixed(hooks, event, &ctx, |_| true, |_, result| failed += usize::from(result.is_err())).await;
-            failed
-        };
+            self.deliver_mixed(hooks, event, &ctx, |_| true, count).await;
+        }
         Delivery { handlers: hooks.len(), failed }
     }
 
     /// Every handler is a plain `fn`: one context for all of them, and one clock read per handler
-    /// (each handler's end is the next one's start). Returns how many failed.
-    fn deliver_sync<E: Event>(&self, hooks: &[Hook<E>], event: &E, mut ctx: HookContext) -> usize {
-        let mut failed = 0;
+    /// (each handler's end is the next one's start). Only handlers for which `called` holds are called
+    /// (the others are counted as not called); `report` hears each one's result, in order (a failure
+    /// already logged and counted).
+    fn deliver_sync<E: Event>(
+        &self,
+        hooks: &[Hook<E>],
+        event: &E,
+        mut ctx: HookContext,
+        called: impl Fn(usize) -> bool,
+        mut report: impl FnMut(usize, Result<E::Output, Failure>),
+    ) {
         if self.config.isolation == Isolation::Off {
             // Nothing to measure or catch: call each handler and look closer only at an error.
             for (i, hook) in hooks.iter().enumerate() {
+                if !called(i) {
+                    self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let Handler::Sync(f) = hook.handler() else { unreachable!("deliver_sync with an async hook") };
                 ctx.hook = hook.meta().name();
-                if let Err(error) = f(event, &ctx) {
-                    failed += 1;
-                    let _ = self.settle(hook, event, self.counters::<E>(i), Err::<E::Output, _>(Failure::Error(error)));
+                match f(event, &ctx) {
+                    Ok(out) => report(i, Ok(out)),
+                    Err(error) => {
+                        report(i, self.settle(hook, event, self.counters::<E>(i), Err(Failure::Error(error))))
+                    }
                 }
             }
-            return failed;
+            return;
         }
         let mut clock = Some(Instant::now());
         for (i, hook) in hooks.iter().enumerate() {
+            if !called(i) {
+                self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
+                // The next handler's time starts at its own call, not at the last one's end.
+                clock = None;
+                continue;
+            }
             self.prepare(&mut ctx, hook);
-            failed += usize::from(self.call_sync(i, hook, event, &ctx, &mut clock).is_err());
+            report(i, self.call_sync(i, hook, event, &ctx, &mut clock));
         }
-        failed
     }
 
     /// At least one handler is async. Handlers start in registry order: a plain `fn` runs when its turn
@@ -419,32 +438,17 @@ impl Dispatcher {
         self.delivered::<E>();
         let list = self.registry.hook_list::<E>();
         let names = list.qualified_names();
-        if list.all_sync() {
-            // Plain `fn`s run in order anyway: one context and one clock read per handler, as in
-            // `deliver`, instead of a future and a context per handler.
-            let mut ctx = ctx;
-            let mut clock = self.measuring().then(Instant::now);
-            let mut out = Vec::with_capacity(names.len());
-            for (i, (hook, name)) in list.as_slice().iter().zip(names).enumerate() {
-                if skip.iter().any(|s| **s == **name) {
-                    self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
-                    clock = None;
-                    continue;
-                }
-                self.prepare(&mut ctx, hook);
-                let error = self.call_sync(i, hook, event, &ctx, &mut clock).err().map(|f| f.to_string());
-                out.push(HandlerOutcome { hook: Arc::clone(name), error });
-            }
-            return out;
-        }
-        // As in `deliver`: in registry order, async handlers polled once and only pending ones waited
-        // for, concurrently.
+        // The same paths as `deliver`, told which handlers to skip and collecting each one's outcome.
         let mut out: Vec<Option<HandlerOutcome>> = names.iter().map(|_| None).collect();
         let called = |i: usize| !skip.iter().any(|s| **s == *names[i]);
-        self.deliver_mixed(list.as_slice(), event, &ctx, called, |i, result| {
+        let report = |i: usize, result: Result<(), Failure>| {
             out[i] = Some(HandlerOutcome { hook: Arc::clone(&names[i]), error: result.err().map(|f| f.to_string()) });
-        })
-        .await;
+        };
+        if list.all_sync() {
+            self.deliver_sync(list.as_slice(), event, ctx, called, report);
+        } else {
+            self.deliver_mixed(list.as_slice(), event, &ctx, called, report).await;
+        }
         out.into_iter().flatten().collect()
     }
 

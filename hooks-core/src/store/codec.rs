@@ -410,16 +410,14 @@ pub(crate) fn encode_json(event: &AnyEvent) -> String {
 
 /// Several outbox payloads in one: a MessagePack array of binaries, each one event's payload, in
 /// order. A group-commit job that records many events writes them as one outbox row (see the SQLite
-/// store's packed rows).
+/// store's packed rows); [`PackWriter`] builds the same form while encoding.
 pub(crate) fn pack(payloads: &[Cow<'_, [u8]>]) -> Vec<u8> {
-    let size = payloads.iter().map(|p| p.len() + 5).sum::<usize>() + 5;
-    let mut bytes = Vec::with_capacity(size);
-    // Writing to a Vec cannot fail, and a payload is far below the 4 GiB a binary may hold.
-    rmp::encode::write_array_len(&mut bytes, payloads.len() as u32).expect("writes to a Vec");
+    let size = payloads.iter().map(|p| p.len() + 5).sum::<usize>();
+    let mut out = PackWriter::with_capacity(size, payloads.len());
     for p in payloads {
-        rmp::encode::write_bin(&mut bytes, p).expect("writes to a Vec");
+        out.payload(|bytes| bytes.extend_from_slice(p));
     }
-    bytes
+    out.finish().0
 }
 
 /// The payloads of a [`pack`], in order, borrowed from `bytes`.

@@ -814,9 +814,9 @@ struct Stmts<'c> {
     /// When the job started (nanoseconds since the Unix epoch, UTC): the `recorded_at` of every event
     /// it records (one clock read per job, not per row).
     now: i64,
-    /// Sessions this job opened or routed messages to, with what it still owes their rows: a session
-    /// row is read at most once and written at most once per job, and its messages become one
-    /// transcript chunk (see [`flush`]), not one row each.
+    /// Sessions this job opened or routed messages to, with what it still owes them: a session is
+    /// looked up at most once per job, and its messages become one transcript chunk (see [`flush`]),
+    /// not one row each.
     touched: HashMap<SessionId, Touched<'c>>,
     /// The current step's outbox payloads encoded ahead, last one first (see [`Stmts::payload`]).
     encoded: Vec<&'c [u8]>,
@@ -1408,11 +1408,19 @@ fn row_events(seq: i64, payload: Value, events: i64) -> Result<Vec<(i64, AnyEven
         return Ok(vec![(seq, decode_payload(payload)?)]);
     }
     let Value::Blob(bytes) = payload else { return Err(bad_row("packed outbox row", "a payload that is not a blob")) };
-    let payloads = codec::unpack(&bytes).map_err(|e| bad_row("packed outbox row", e))?;
+    (seq..)
+        .zip(unpack_row(&bytes, events)?)
+        .map(|(seq, p)| Ok((seq, codec::decode(p).map_err(|e| bad_row("outbox event", e))?)))
+        .collect()
+}
+
+/// The payloads of a packed outbox row said to hold `events` events.
+fn unpack_row(bytes: &[u8], events: i64) -> Result<Vec<&[u8]>, StoreError> {
+    let payloads = codec::unpack(bytes).map_err(|e| bad_row("packed outbox row", e))?;
     if payloads.len() as i64 != events {
         return Err(bad_row("packed outbox row", format!("{} payloads for {events} events", payloads.len())));
     }
-    (seq..).zip(payloads).map(|(seq, p)| Ok((seq, codec::decode(p).map_err(|e| bad_row("outbox event", e))?))).collect()
+    Ok(payloads)
 }
 
 /// The outbox row holding position `seq`, if any: its own position and how many events it holds.
@@ -1434,10 +1442,7 @@ fn split_row_holding(conn: &Connection, seq: i64) -> Result<(), StoreError> {
     let (payload, recorded_at): (Vec<u8>, i64) = conn
         .query_row("SELECT payload, recorded_at FROM outbox WHERE seq = ?1", [first], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(classify)?;
-    let payloads = codec::unpack(&payload).map_err(|e| bad_row("packed outbox row", e))?;
-    if payloads.len() as i64 != events {
-        return Err(bad_row("packed outbox row", format!("{} payloads for {events} events", payloads.len())));
-    }
+    let payloads = unpack_row(&payload, events)?;
     conn.execute("DELETE FROM outbox WHERE seq = ?1", [first]).map_err(classify)?;
     let mut insert = conn
         .prepare_cached("INSERT INTO outbox (seq, event_id, event, payload, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)")
