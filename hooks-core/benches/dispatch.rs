@@ -27,12 +27,12 @@ async fn noop_async(ev: &MessageReceived) {
 }
 
 /// What `#[hook(message_received)] fn noop(ev: &MessageReceived)` generates, written out.
-fn sync_shim(ev: &MessageReceived, _ctx: &HookContext) -> Result<(), HookError> {
+fn sync_shim(ev: &MessageReceived, _ctx: &HookContext<'_>) -> Result<(), HookError> {
     noop(ev);
     Ok(())
 }
 
-fn async_shim<'a>(ev: &'a MessageReceived, _ctx: &'a HookContext) -> BoxFuture<'a, Result<(), HookError>> {
+fn async_shim<'a>(ev: &'a MessageReceived, _ctx: &'a HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async move {
         noop_async(ev).await;
         Ok(())

@@ -3,13 +3,16 @@
 use std::any::{Any, TypeId, type_name};
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::{EventId, SessionId};
 
 /// The second, optional argument of a hook: which hook is running, for which event, until when, and the
 /// application state the gateway registered with its dispatcher.
+///
+/// It borrows the dispatcher's [`State`] for the length of the call (`'a`), so making one costs no
+/// reference count: a hook writes `ctx: &HookContext` (or `&HookContext<'_>` where the
+/// `elided_lifetimes_in_paths` lint is on).
 ///
 /// ```
 /// use hooks_core::prelude::*;
@@ -28,19 +31,19 @@ use crate::event::{EventId, SessionId};
 /// }
 /// # fn main() {}
 /// ```
-#[derive(Debug, Clone)]
-pub struct HookContext {
+#[derive(Debug, Clone, Copy)]
+pub struct HookContext<'a> {
     pub(crate) hook: &'static str,
     pub(crate) event_id: EventId,
     pub(crate) session_id: Option<SessionId>,
     pub(crate) attempt: u32,
     pub(crate) timeout: Option<Duration>,
-    pub(crate) state: Arc<State>,
+    pub(crate) state: &'a State,
 }
 
-impl HookContext {
+impl<'a> HookContext<'a> {
     /// A context for calling a handler by hand (tests, tools); the dispatcher makes its own.
-    pub fn new(hook: &'static str, event_id: EventId, session_id: Option<SessionId>, state: Arc<State>) -> Self {
+    pub fn new(hook: &'static str, event_id: EventId, session_id: Option<SessionId>, state: &'a State) -> Self {
         Self { hook, event_id, session_id, attempt: 1, timeout: None, state }
     }
 
@@ -70,8 +73,9 @@ impl HookContext {
         self.timeout
     }
 
-    /// The value of type `T` the gateway put in the dispatcher's [`State`], if any.
-    pub fn state<T: Any + Send + Sync>(&self) -> Option<&T> {
+    /// The value of type `T` the gateway put in the dispatcher's [`State`], if any. It lives as long as
+    /// the state, not just this borrow of the context.
+    pub fn state<T: Any + Send + Sync>(&self) -> Option<&'a T> {
         self.state.get::<T>()
     }
 }

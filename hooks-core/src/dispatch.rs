@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use serde::Serialize;
+use thread_local::ThreadLocal;
 
 use crate::context::{HookContext, HookError, State};
 use crate::event::{AnyEvent, Command, CommandDecision};
@@ -79,16 +80,42 @@ impl Default for DispatchConfig {
     }
 }
 
+/// One handler's counts of the rare things, shared by all threads (a locked add each).
 #[derive(Debug, Default)]
 struct Counters {
     /// Deliveries of the handler's event in which it was not called (a command denied before its
     /// turn, a re-delivery that skipped it): calls = the event's deliveries minus these. Counting
-    /// deliveries once per event instead of calls once per handler saves a locked instruction per call.
+    /// deliveries once per event instead of calls once per handler saves an add per call.
     not_called: AtomicU64,
     errors: AtomicU64,
     panics: AtomicU64,
     timeouts: AtomicU64,
-    nanos: AtomicU64,
+}
+
+/// The counts that every delivery writes, one set per thread that delivers: each thread writes only
+/// its own, so counting is a plain load and store where a shared counter needs a locked add (~15 ns
+/// on the VM of docs/benchmarks.md, more than a no-op handler's whole call). [`Dispatcher::stats`]
+/// sums the sets. `thread_local::ThreadLocal` hands a thread that exited's set to the next new thread
+/// only after the first is gone, so there is never more than one writer.
+#[derive(Debug)]
+struct Tally {
+    /// Deliveries per event (`Event::INDEX`).
+    deliveries: Box<[AtomicU64]>,
+    /// Nanoseconds spent per event and handler (with [`Isolation::Contained`]).
+    nanos: Box<[Box<[AtomicU64]>]>,
+}
+
+impl Tally {
+    fn new(handlers: &[usize]) -> Self {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        Self { deliveries: zeros(handlers.len()), nanos: handlers.iter().map(|&n| zeros(n)).collect() }
+    }
+
+    /// Adds `n` to one of this thread's counters. Not a read-modify-write: sound only because the
+    /// calling thread is the counter's one writer (readers may see the old or the new value).
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
 }
 
 /// What happened to one handler call that did not succeed.
@@ -196,8 +223,9 @@ pub struct Dispatcher {
     state: Arc<State>,
     config: DispatchConfig,
     counters: Vec<Box<[Counters]>>,
-    /// Deliveries per event, indexed by `Event::INDEX`.
-    deliveries: Vec<AtomicU64>,
+    /// Handlers per event, indexed by `Event::INDEX`: the shape of each thread's [`Tally`].
+    handlers: Box<[usize]>,
+    tallies: ThreadLocal<Tally>,
 }
 
 impl Dispatcher {
@@ -219,9 +247,9 @@ impl Dispatcher {
             let i = EVENT_NAMES.iter().position(|n| *n == meta.event()).expect("catalogue event");
             counts[i] += 1;
         }
-        let counters = counts.into_iter().map(|n| (0..n).map(|_| Counters::default()).collect()).collect();
-        let deliveries = EVENT_NAMES.iter().map(|_| AtomicU64::new(0)).collect();
-        Self { registry, state: Arc::new(state), config, counters, deliveries }
+        let counters = counts.iter().map(|&n| (0..n).map(|_| Counters::default()).collect()).collect();
+        let handlers = counts.into_boxed_slice();
+        Self { registry, state: Arc::new(state), config, counters, handlers, tallies: ThreadLocal::new() }
     }
 
     /// The registry it delivers from.
@@ -268,7 +296,7 @@ impl Dispatcher {
         &self,
         hooks: &[Hook<E>],
         event: &E,
-        mut ctx: HookContext,
+        mut ctx: HookContext<'_>,
         called: impl Fn(usize) -> bool,
         mut report: impl FnMut(usize, Result<E::Output, Failure>),
     ) {
@@ -314,15 +342,15 @@ impl Dispatcher {
         &self,
         hooks: &[Hook<E>],
         event: &E,
-        base: &HookContext,
+        base: &HookContext<'_>,
         called: impl Fn(usize) -> bool,
         mut report: impl FnMut(usize, Result<E::Output, Failure>),
     ) {
         // A context per handler, since pending handlers hold theirs while the next ones run.
-        let contexts: Vec<HookContext> = hooks
+        let contexts: Vec<HookContext<'_>> = hooks
             .iter()
             .map(|hook| {
-                let mut ctx = base.clone();
+                let mut ctx = *base;
                 self.prepare(&mut ctx, hook);
                 ctx
             })
@@ -363,7 +391,7 @@ impl Dispatcher {
                 Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
             };
             if let Some(started) = started {
-                counters.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.add_nanos::<E>(i, started.elapsed());
             }
             report(i, self.settle(hook, event, counters, result));
         }
@@ -393,7 +421,7 @@ impl Dispatcher {
                     Some(limit) => tokio::time::timeout_at(started + limit, future).await.map_err(|_| limit),
                     None => Ok(future.await),
                 };
-                counters.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.add_nanos::<E>(index, started.elapsed());
                 match result {
                     Err(limit) => Err(Failure::Timeout(limit)),
                     Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
@@ -501,32 +529,47 @@ impl Dispatcher {
 
     /// Every handler's counters, events in catalogue order, handlers in call order.
     pub fn stats(&self) -> Vec<HandlerStats> {
+        // Every thread's counts, summed.
+        let mut deliveries = vec![0u64; self.handlers.len()];
+        let mut nanos: Vec<Vec<u64>> = self.handlers.iter().map(|&n| vec![0; n]).collect();
+        for tally in &self.tallies {
+            for (sum, part) in deliveries.iter_mut().zip(&tally.deliveries) {
+                *sum += part.load(Ordering::Relaxed);
+            }
+            for (sum, part) in nanos.iter_mut().flatten().zip(tally.nanos.iter().flatten()) {
+                *sum += part.load(Ordering::Relaxed);
+            }
+        }
         let metas = self.registry.metas();
-        let counters = self.counters.iter().enumerate().flat_map(|(event, c)| c.iter().map(move |c| (event, c)));
+        let counters = self
+            .counters
+            .iter()
+            .enumerate()
+            .flat_map(|(event, c)| c.iter().enumerate().map(move |(i, c)| (event, i, c)));
         metas
             .into_iter()
             .zip(counters)
-            .map(|(m, (event, c))| HandlerStats {
+            .map(|(m, (event, i, c))| HandlerStats {
                 event: m.event(),
                 name: m.name(),
                 module_path: m.module_path(),
-                calls: self.deliveries[event].load(Ordering::Relaxed) - c.not_called.load(Ordering::Relaxed),
+                calls: deliveries[event] - c.not_called.load(Ordering::Relaxed),
                 errors: c.errors.load(Ordering::Relaxed),
                 panics: c.panics.load(Ordering::Relaxed),
                 timeouts: c.timeouts.load(Ordering::Relaxed),
-                total_nanos: c.nanos.load(Ordering::Relaxed),
+                total_nanos: nanos[event][i],
             })
             .collect()
     }
 
-    fn context<E: Event>(&self, event: &E, attempt: u32) -> HookContext {
+    fn context<E: Event>(&self, event: &E, attempt: u32) -> HookContext<'_> {
         HookContext {
             hook: "",
             event_id: event.event_id(),
             session_id: event.session_id(),
             attempt,
             timeout: None,
-            state: Arc::clone(&self.state),
+            state: &self.state,
         }
     }
 
@@ -541,8 +584,19 @@ impl Dispatcher {
         &self.counters[E::INDEX][index]
     }
 
+    /// This thread's counts.
+    fn tally(&self) -> &Tally {
+        self.tallies.get_or(|| Tally::new(&self.handlers))
+    }
+
     fn delivered<E: Event>(&self) {
-        self.deliveries[E::INDEX].fetch_add(1, Ordering::Relaxed);
+        Tally::add(&self.tally().deliveries[E::INDEX], 1);
+    }
+
+    /// Counts `elapsed` against handler `index` of `E`. Looks this thread's counts up afresh: a task
+    /// may have moved to another thread at an await since the last count.
+    fn add_nanos<E: Event>(&self, index: usize, elapsed: Duration) {
+        Tally::add(&self.tally().nanos[E::INDEX][index], elapsed.as_nanos() as u64);
     }
 
     fn measuring(&self) -> bool {
@@ -550,7 +604,7 @@ impl Dispatcher {
     }
 
     /// Fills in the per-handler part of a context.
-    fn prepare<E: Event>(&self, ctx: &mut HookContext, hook: &Hook<E>) {
+    fn prepare<E: Event>(&self, ctx: &mut HookContext<'_>, hook: &Hook<E>) {
         ctx.hook = hook.meta().name();
         ctx.timeout = self.timeout_of(hook);
     }
@@ -563,7 +617,7 @@ impl Dispatcher {
         index: usize,
         hook: &Hook<E>,
         event: &E,
-        ctx: &HookContext,
+        ctx: &HookContext<'_>,
         clock: &mut Option<Instant>,
     ) -> Result<E::Output, Failure> {
         let Handler::Sync(f) = hook.handler() else { unreachable!("call_sync on an async hook") };
@@ -576,7 +630,7 @@ impl Dispatcher {
                 let ended = Instant::now();
                 *clock = Some(ended);
                 let elapsed = ended - started;
-                counters.nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+                self.add_nanos::<E>(index, elapsed);
                 match result {
                     Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
                     Ok(Err(e)) => Err(Failure::Error(e)),
@@ -594,7 +648,7 @@ impl Dispatcher {
         index: usize,
         hook: &Hook<E>,
         event: &E,
-        ctx: &mut HookContext,
+        ctx: &mut HookContext<'_>,
     ) -> Result<E::Output, Failure> {
         self.prepare(ctx, hook);
         let f = match hook.handler() {
@@ -611,7 +665,7 @@ impl Dispatcher {
                     Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
                     None => Ok(fut.await),
                 };
-                counters.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.add_nanos::<E>(index, started.elapsed());
                 match result {
                     Err(limit) => Err(Failure::Timeout(limit)),
                     Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),

@@ -40,14 +40,14 @@ impl<E: Event> EventArg<E> for E {
     note = "expected: `fn name(ev: &Event)` or `fn name(ev: &Event, ctx: &HookContext)`; \
             reach application state through `ctx.state::<T>()`"
 )]
-pub trait ContextArg {
+pub trait ContextArg<'a> {
     /// `ctx`, as the user's type (which is `HookContext`).
-    fn from_context(ctx: &HookContext) -> &Self;
+    fn from_context<'c>(ctx: &'c HookContext<'a>) -> &'c Self;
 }
 
 #[diagnostic::do_not_recommend]
-impl ContextArg for HookContext {
-    fn from_context(ctx: &HookContext) -> &HookContext {
+impl<'a> ContextArg<'a> for HookContext<'a> {
+    fn from_context<'c>(ctx: &'c HookContext<'a>) -> &'c HookContext<'a> {
         ctx
     }
 }

@@ -222,12 +222,12 @@ store_races! {
 #[derive(Debug, Default)]
 struct Recorder(Mutex<Vec<AnyEvent>>);
 
-fn rec_start(ev: &SessionStart, ctx: &HookContext) -> Result<(), HookError> {
+fn rec_start(ev: &SessionStart, ctx: &HookContext<'_>) -> Result<(), HookError> {
     ctx.state::<Recorder>().unwrap().0.lock().unwrap().push(AnyEvent::SessionStart(ev.clone()));
     Ok(())
 }
 
-fn rec_end(ev: &SessionEnd, ctx: &HookContext) -> Result<(), HookError> {
+fn rec_end(ev: &SessionEnd, ctx: &HookContext<'_>) -> Result<(), HookError> {
     ctx.state::<Recorder>().unwrap().0.lock().unwrap().push(AnyEvent::SessionEnd(ev.clone()));
     Ok(())
 }

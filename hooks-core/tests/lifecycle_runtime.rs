@@ -22,29 +22,29 @@ use hooks_core::{HookContext, HookError, State};
 struct Recorder(Mutex<Vec<AnyEvent>>);
 
 impl Recorder {
-    fn push(ctx: &HookContext, ev: AnyEvent) {
+    fn push(ctx: &HookContext<'_>, ev: AnyEvent) {
         ctx.state::<Recorder>().expect("recorder in state").0.lock().unwrap().push(ev);
     }
 }
 
-fn rec_start(ev: &SessionStart, ctx: &HookContext) -> Result<(), HookError> {
+fn rec_start(ev: &SessionStart, ctx: &HookContext<'_>) -> Result<(), HookError> {
     Recorder::push(ctx, AnyEvent::SessionStart(ev.clone()));
     Ok(())
 }
 
-fn rec_end(ev: &SessionEnd, ctx: &HookContext) -> Result<(), HookError> {
+fn rec_end(ev: &SessionEnd, ctx: &HookContext<'_>) -> Result<(), HookError> {
     Recorder::push(ctx, AnyEvent::SessionEnd(ev.clone()));
     Ok(())
 }
 
-fn rec_msg(ev: &MessageReceived, ctx: &HookContext) -> Result<(), HookError> {
+fn rec_msg(ev: &MessageReceived, ctx: &HookContext<'_>) -> Result<(), HookError> {
     Recorder::push(ctx, AnyEvent::MessageReceived(ev.clone()));
     Ok(())
 }
 
 /// An async SessionEnd handler that takes a second before recording: a later Start of the same key
 /// must still come after it.
-fn slow_end<'a>(ev: &'a SessionEnd, ctx: &'a HookContext) -> BoxFuture<'a, Result<(), HookError>> {
+fn slow_end<'a>(ev: &'a SessionEnd, ctx: &'a HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
         Recorder::push(ctx, AnyEvent::SessionEnd(ev.clone()));
@@ -52,22 +52,22 @@ fn slow_end<'a>(ev: &'a SessionEnd, ctx: &'a HookContext) -> BoxFuture<'a, Resul
     })
 }
 
-fn hang_end<'a>(_ev: &'a SessionEnd, _ctx: &'a HookContext) -> BoxFuture<'a, Result<(), HookError>> {
+fn hang_end<'a>(_ev: &'a SessionEnd, _ctx: &'a HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async move {
         futures::future::pending::<()>().await;
         Ok(())
     })
 }
 
-fn fail_start(_ev: &SessionStart, _ctx: &HookContext) -> Result<(), HookError> {
+fn fail_start(_ev: &SessionStart, _ctx: &HookContext<'_>) -> Result<(), HookError> {
     Err(HookError::msg("start handler always fails"))
 }
 
-fn panic_end(_ev: &SessionEnd, _ctx: &HookContext) -> Result<(), HookError> {
+fn panic_end(_ev: &SessionEnd, _ctx: &HookContext<'_>) -> Result<(), HookError> {
     panic!("end handler always panics")
 }
 
-fn fail_end_async<'a>(_ev: &'a SessionEnd, _ctx: &'a HookContext) -> BoxFuture<'a, Result<(), HookError>> {
+fn fail_end_async<'a>(_ev: &'a SessionEnd, _ctx: &'a HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async { Err(HookError::msg("async end handler always fails")) })
 }
 

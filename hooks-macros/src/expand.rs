@@ -14,15 +14,15 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
-use syn::Type;
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
+use syn::{FnArg, Type};
 
 use crate::ast::{Hook, Timeout};
 
 /// The function followed by its registration.
 pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
-    let func = hook.func;
+    let func = with_context_lifetime(hook.func);
     let p = match &hook.options.krate {
         Some(path) => quote!(#path::__private),
         None => quote!(::hooks_core::__private),
@@ -43,9 +43,9 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
     };
     let args = match &hook.sig.ctx_ty {
         Some(ctx_ty) => {
-            let user_ctx = erase_lifetimes(ctx_ty);
+            let user_ctx = with_lifetime(&erase_lifetimes(ctx_ty));
             let ctx_arg = quote_spanned! {user_ctx.span()=>
-                <#user_ctx as #p::ContextArg>::from_context(ctx)
+                <#user_ctx as #p::ContextArg<'_>>::from_context(ctx)
             };
             quote!(#ev_arg, #ctx_arg)
         }
@@ -72,7 +72,7 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
         let call = quote_spanned! {hook.sig.name_span=> #boxed(#map(#name(#args), |out| #into_output(out))) };
         let shim = quote! {
             #[allow(clippy::redundant_closure)]
-            fn __hook_shim<'a>(ev: &'a #event_ty, ctx: &'a #p::HookContext) -> #p::BoxFuture<'a, #result> {
+            fn __hook_shim<'a>(ev: &'a #event_ty, ctx: &'a #p::HookContext<'a>) -> #p::BoxFuture<'a, #result> {
                 let _ = ctx;
                 #call
             }
@@ -81,7 +81,7 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
     } else {
         let body = quote!(#into_output(#name(#args)));
         let shim = quote! {
-            fn __hook_shim(ev: &#event_ty, ctx: &#p::HookContext) -> #result {
+            fn __hook_shim(ev: &#event_ty, ctx: &#p::HookContext<'_>) -> #result {
                 let _ = ctx;
                 #body
             }
@@ -117,6 +117,39 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
             }
         };
     }
+}
+
+/// `func` with each argument of type `&HookContext` written `&HookContext<'_>` ([`with_lifetime`]).
+/// The fallback applies it too, so that a rejected hook gets only its own error.
+pub(crate) fn with_context_lifetime(func: &syn::ItemFn) -> syn::ItemFn {
+    let mut func = func.clone();
+    for arg in &mut func.sig.inputs {
+        if let FnArg::Typed(arg) = arg
+            && let Type::Reference(reference) = &mut *arg.ty
+        {
+            *reference.elem = with_lifetime(&reference.elem);
+        }
+    }
+    func
+}
+
+/// `ty`, and if it is a bare `HookContext`, `HookContext<'_>`.
+///
+/// `HookContext` borrows the dispatcher's state, so it has a lifetime parameter; an `async fn` may not
+/// leave it implicit (E0726) and `elided_lifetimes_in_paths` warns about a plain `fn` that does. Hooks
+/// are documented as taking `ctx: &HookContext`, so the macro writes the `'_` the compiler wants; a
+/// path with arguments of its own, or another type, is left as written.
+fn with_lifetime(ty: &Type) -> Type {
+    let mut ty = ty.clone();
+    if let Type::Path(path) = &mut ty
+        && let Some(last) = path.path.segments.last_mut()
+        && last.ident == "HookContext"
+        && last.arguments.is_none()
+    {
+        let lifetime = syn::Lifetime::new("'_", last.ident.span());
+        last.arguments = syn::PathArguments::AngleBracketed(syn::parse_quote_spanned!(last.ident.span()=> <#lifetime>));
+    }
+    ty
 }
 
 /// Where a wrong return type is reported: the return type, or the function's name when it has none.

@@ -8,10 +8,11 @@
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
 
-/// The item as written (see the module docs for the two touches), followed by `error`.
+/// The item as written (see the module docs for the three touches), followed by `error`.
 pub(crate) fn emit(item: TokenStream, error: &syn::Error) -> TokenStream {
     let mut out = match syn::parse2::<syn::ItemFn>(item.clone()) {
-        Ok(mut func) => {
+        Ok(func) => {
+            let mut func = crate::expand::with_context_lifetime(&func);
             func.attrs.push(syn::parse_quote!(#[allow(dead_code)]));
             if func.sig.variadic.take().is_some() && func.sig.inputs.trailing_punct() {
                 func.sig.inputs.pop_punct();

@@ -20,6 +20,20 @@ async fn greet(ev: &MessageReceived, ctx: &HookContext) -> Result<(), HookError>
 #[hook(message_received)]
 fn with_pattern(_: &MessageReceived, _: &HookContext) {}
 
+// The context's lifetime may also be written out, anonymous or named; a bare `&HookContext` gets `'_`
+// from the macro (an `async fn` could not leave it implicit).
+#[hook(message_received)]
+async fn anonymous_lifetime(_: &MessageReceived, ctx: &HookContext<'_>) {
+    assert_eq!(ctx.attempt(), 1);
+}
+
+#[hook(message_received)]
+fn named_lifetime<'a>(_: &'a MessageReceived, ctx: &'a HookContext<'a>) -> Result<(), HookError> {
+    let greeting: &'a Greeting = ctx.state::<Greeting>().ok_or("no greeting")?;
+    assert_eq!(greeting.0, "hello");
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let state = State::new().with(Greeting("hello"));
@@ -33,5 +47,5 @@ async fn main() {
         "hi",
     );
     let delivery = dispatcher.deliver(&ev).await;
-    assert_eq!((delivery.handlers, delivery.failed), (2, 0));
+    assert_eq!((delivery.handlers, delivery.failed), (4, 0));
 }
