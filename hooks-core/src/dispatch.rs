@@ -334,10 +334,9 @@ impl Dispatcher {
     /// At least one handler is async. Handlers start in registry order: a plain `fn` runs when its turn
     /// comes; an async one is polled once right away, and only if it is still pending does it get a
     /// timeout and wait, concurrently with the others, until every handler is done. Most handlers
-    /// finish on their first poll, so the common case allocates nothing beyond the handler's own
-    /// future and the contexts. Only handlers for which `called` holds are called (the others are
-    /// counted as not called); `report` hears each one's result (already logged and counted), pending
-    /// ones last.
+    /// finish on their first poll, so the common case allocates nothing beyond each handler's own
+    /// future (which holds its context). Only handlers for which `called` holds are called (the others are counted as not
+    /// called); `report` hears each one's result (already logged and counted), pending ones last.
     async fn deliver_mixed<E: Event>(
         &self,
         hooks: &[Hook<E>],
@@ -346,24 +345,17 @@ impl Dispatcher {
         called: impl Fn(usize) -> bool,
         mut report: impl FnMut(usize, Result<E::Output, Failure>),
     ) {
-        // A context per handler, since pending handlers hold theirs while the next ones run.
-        let contexts: Vec<HookContext<'_>> = hooks
-            .iter()
-            .map(|hook| {
-                let mut ctx = *base;
-                self.prepare(&mut ctx, hook);
-                ctx
-            })
-            .collect();
         let mut waiting = Vec::new();
-        for (i, (hook, ctx)) in hooks.iter().zip(&contexts).enumerate() {
+        for (i, hook) in hooks.iter().enumerate() {
             if !called(i) {
                 self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            let mut ctx = *base;
+            self.prepare(&mut ctx, hook);
             let f = match hook.handler() {
                 Handler::Sync(_) => {
-                    report(i, self.call_sync(i, hook, event, ctx, &mut None));
+                    report(i, self.call_sync(i, hook, event, &ctx, &mut None));
                     continue;
                 }
                 Handler::Async(f) => f,
@@ -585,6 +577,7 @@ impl Dispatcher {
     }
 
     /// This thread's counts.
+    #[inline]
     fn tally(&self) -> &Tally {
         self.tallies.get_or(|| Tally::new(&self.handlers))
     }
@@ -657,10 +650,10 @@ impl Dispatcher {
         };
         let counters = self.counters::<E>(index);
         let result = match self.config.isolation {
-            Isolation::Off => f(event, ctx).await.map_err(Failure::Error),
+            Isolation::Off => f(event, *ctx).await.map_err(Failure::Error),
             Isolation::Contained => {
                 let started = Instant::now();
-                let fut = AssertUnwindSafe(f(event, ctx)).catch_unwind();
+                let fut = AssertUnwindSafe(f(event, *ctx)).catch_unwind();
                 let result = match ctx.timeout {
                     Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
                     None => Ok(fut.await),
@@ -677,6 +670,8 @@ impl Dispatcher {
         self.settle(hook, event, counters, result)
     }
 
+    /// Passes a success through; counts and logs a failure ([`failed`](Self::failed)).
+    #[inline]
     fn settle<E: Event>(
         &self,
         hook: &Hook<E>,
@@ -684,10 +679,16 @@ impl Dispatcher {
         counters: &Counters,
         result: Result<E::Output, Failure>,
     ) -> Result<E::Output, Failure> {
-        let failure = match result {
-            Ok(out) => return Ok(out),
-            Err(failure) => failure,
-        };
+        match result {
+            Ok(out) => Ok(out),
+            Err(failure) => Err(self.failed(hook, event, counters, failure)),
+        }
+    }
+
+    /// Counts and logs a handler's failure (out of line: the call path is for successes).
+    #[cold]
+    #[inline(never)]
+    fn failed<E: Event>(&self, hook: &Hook<E>, event: &E, counters: &Counters, failure: Failure) -> Failure {
         let meta = hook.meta();
         let session_id = event.session_id().map(tracing::field::display);
         let event_id = tracing::field::display(event.event_id());
@@ -705,7 +706,7 @@ impl Dispatcher {
                 tracing::error!(hook = meta.name(), module = meta.module_path(), event = E::NAME, session_id, %event_id, timeout = ?after, "hook timed out");
             }
         }
-        Err(failure)
+        failure
     }
 }
 

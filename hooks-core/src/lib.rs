@@ -111,7 +111,6 @@ pub mod __private {
     pub use core::time::Duration;
     pub use std::boxed::Box;
 
-    pub use futures::FutureExt;
     pub use futures::future::BoxFuture;
     pub use inventory;
 

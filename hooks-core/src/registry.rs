@@ -69,9 +69,10 @@ pub trait Event: sealed::Sealed + Sized + fmt::Debug + Serialize + Send + Sync +
 /// A synchronous handler as stored in the registry (the `#[hook]` macro writes the shim).
 pub type SyncHandler<E> = fn(&E, &HookContext<'_>) -> Result<<E as Event>::Output, HookError>;
 
-/// An asynchronous handler as stored in the registry (the `#[hook]` macro writes the shim).
-pub type AsyncHandler<E> =
-    for<'a> fn(&'a E, &'a HookContext<'a>) -> BoxFuture<'a, Result<<E as Event>::Output, HookError>>;
+/// An asynchronous handler as stored in the registry (the `#[hook]` macro writes the shim). It takes
+/// its context by value (`HookContext` is `Copy`) and keeps it in its future, so the dispatcher keeps no
+/// contexts for pending futures to borrow.
+pub type AsyncHandler<E> = for<'a> fn(&'a E, HookContext<'a>) -> BoxFuture<'a, Result<<E as Event>::Output, HookError>>;
 
 /// A handler function: called inline (sync) or awaited (async).
 pub enum Handler<E: Event> {

@@ -21,7 +21,7 @@ struct Calls {
 
 fn calls(ctx: &HookContext<'_>) -> &'static Calls {
     // Leaked once per test so that the handlers (plain `fn`s) can reach it through the state.
-    *ctx.state::<&'static Calls>().expect("Calls in the state")
+    ctx.state::<&'static Calls>().expect("Calls in the state")
 }
 
 fn count_sync(_ev: &MessageReceived, ctx: &HookContext<'_>) -> Result<(), HookError> {
@@ -35,10 +35,10 @@ fn count_start(_ev: &GatewayStartup, ctx: &HookContext<'_>) -> Result<(), HookEr
 }
 
 /// Pending on its first poll, so the dispatcher finishes it after an await, possibly on another worker.
-fn yielding<'a>(_ev: &'a GatewayStartup, ctx: &'a HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+fn yielding<'a>(_ev: &'a GatewayStartup, ctx: HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async move {
         tokio::task::yield_now().await;
-        calls(ctx).yielding.fetch_add(1, Ordering::Relaxed);
+        calls(&ctx).yielding.fetch_add(1, Ordering::Relaxed);
         Ok(())
     })
 }

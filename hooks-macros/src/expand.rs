@@ -62,18 +62,19 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
     let name = &func.sig.ident;
     let result = quote!(#p::Result<<#event_ty as #p::Event>::Output, #p::HookError>);
     let (kind, shim) = if hook.sig.is_async {
-        // Boxing the user's future (with the output conversion mapped on) into `BoxFuture`, which is
-        // `Send`, is the one place a non-`Send` future is reported; the tokens of that coercion carry
-        // the span of the function's name so that the error lands there.
+        // Boxing the future into `BoxFuture`, which is `Send`, is the one place a non-`Send` future is
+        // reported; the tokens of that coercion carry the span of the function's name so that the
+        // error lands there. The context moves into the boxed future, which lends it to the user's.
         let boxed = respan(quote!(#p::Box::pin), hook.sig.name_span);
-        let map = respan(quote!(#p::FutureExt::map), hook.sig.name_span);
-        // A closure, not the bare `into_output` path: a wrong return type then fails once (at the return
-        // type), not a second time as an unsatisfied `FnOnce` bound of `map`.
-        let call = quote_spanned! {hook.sig.name_span=> #boxed(#map(#name(#args), |out| #into_output(out))) };
-        let shim = quote! {
-            #[allow(clippy::redundant_closure)]
-            fn __hook_shim<'a>(ev: &'a #event_ty, ctx: &'a #p::HookContext<'a>) -> #p::BoxFuture<'a, #result> {
+        let call = quote_spanned! {hook.sig.name_span=>
+            #boxed(async move {
+                let ctx = &ctx;
                 let _ = ctx;
+                #into_output(#name(#args).await)
+            })
+        };
+        let shim = quote! {
+            fn __hook_shim<'a>(ev: &'a #event_ty, ctx: #p::HookContext<'a>) -> #p::BoxFuture<'a, #result> {
                 #call
             }
         };
