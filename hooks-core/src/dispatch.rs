@@ -95,12 +95,13 @@ struct Counters {
 /// The counts that every delivery writes, one set per thread that delivers: each thread writes only
 /// its own, so counting is a plain load and store where a shared counter needs a locked add (~15 ns
 /// on the VM of docs/benchmarks.md, more than a no-op handler's whole call). [`Dispatcher::stats`]
-/// sums the sets. `thread_local::ThreadLocal` hands a thread that exited's set to the next new thread
-/// only after the first is gone, so there is never more than one writer.
+/// sums the sets. The first thread to deliver keeps its set in the dispatcher itself; the others get
+/// theirs from `thread_local::ThreadLocal`, which hands the set of a thread that exited to a new
+/// thread only after the first is gone, so no set ever has two writers.
 #[derive(Debug)]
 struct Tally {
     /// Deliveries per event (`Event::INDEX`).
-    deliveries: Box<[AtomicU64]>,
+    deliveries: [AtomicU64; EVENT_NAMES.len()],
     /// Nanoseconds spent per event and handler (with [`Isolation::Contained`]).
     nanos: Box<[Box<[AtomicU64]>]>,
 }
@@ -108,7 +109,10 @@ struct Tally {
 impl Tally {
     fn new(handlers: &[usize]) -> Self {
         let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
-        Self { deliveries: zeros(handlers.len()), nanos: handlers.iter().map(|&n| zeros(n)).collect() }
+        Self {
+            deliveries: std::array::from_fn(|_| AtomicU64::new(0)),
+            nanos: handlers.iter().map(|&n| zeros(n)).collect(),
+        }
     }
 
     /// Adds `n` to one of this thread's counters. Not a read-modify-write: sound only because the
@@ -225,7 +229,30 @@ pub struct Dispatcher {
     counters: Vec<Box<[Counters]>>,
     /// Handlers per event, indexed by `Event::INDEX`: the shape of each thread's [`Tally`].
     handlers: Box<[usize]>,
+    /// The counts of the first thread that delivered (its [`thread_key`], 0 before), kept inline: a
+    /// gateway usually delivers from one thread, and comparing a key is cheaper than the general
+    /// per-thread lookup.
+    owner: AtomicU64,
+    owner_tally: Tally,
+    /// Every other thread's counts.
     tallies: ThreadLocal<Tally>,
+}
+
+/// A key for the calling thread, never 0 and never reused (unlike `thread_local`'s ids, which a new
+/// thread inherits from one that exited): the thread that owns [`Dispatcher::owner_tally`] is the
+/// only one that will ever have its key.
+#[inline]
+fn thread_key() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static KEY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    KEY.with(|key| match key.get() {
+        0 => {
+            let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
+            key.set(fresh);
+            fresh
+        }
+        known => known,
+    })
 }
 
 impl Dispatcher {
@@ -249,7 +276,17 @@ impl Dispatcher {
         }
         let counters = counts.iter().map(|&n| (0..n).map(|_| Counters::default()).collect()).collect();
         let handlers = counts.into_boxed_slice();
-        Self { registry, state: Arc::new(state), config, counters, handlers, tallies: ThreadLocal::new() }
+        let owner_tally = Tally::new(&handlers);
+        Self {
+            registry,
+            state: Arc::new(state),
+            config,
+            counters,
+            handlers,
+            owner: AtomicU64::new(0),
+            owner_tally,
+            tallies: ThreadLocal::new(),
+        }
     }
 
     /// The registry it delivers from.
@@ -292,6 +329,7 @@ impl Dispatcher {
     /// (each handler's end is the next one's start). Only handlers for which `called` holds are called
     /// (the others are counted as not called); `report` hears each one's result, in order (a failure
     /// already logged and counted).
+    #[inline]
     fn deliver_sync<E: Event>(
         &self,
         hooks: &[Hook<E>],
@@ -524,7 +562,7 @@ impl Dispatcher {
         // Every thread's counts, summed.
         let mut deliveries = vec![0u64; self.handlers.len()];
         let mut nanos: Vec<Vec<u64>> = self.handlers.iter().map(|&n| vec![0; n]).collect();
-        for tally in &self.tallies {
+        for tally in std::iter::once(&self.owner_tally).chain(&self.tallies) {
             for (sum, part) in deliveries.iter_mut().zip(&tally.deliveries) {
                 *sum += part.load(Ordering::Relaxed);
             }
@@ -579,9 +617,17 @@ impl Dispatcher {
     /// This thread's counts.
     #[inline]
     fn tally(&self) -> &Tally {
+        let me = thread_key();
+        let owner = self.owner.load(Ordering::Relaxed);
+        if owner == me
+            || (owner == 0 && self.owner.compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+        {
+            return &self.owner_tally;
+        }
         self.tallies.get_or(|| Tally::new(&self.handlers))
     }
 
+    #[inline]
     fn delivered<E: Event>(&self) {
         Tally::add(&self.tally().deliveries[E::INDEX], 1);
     }

@@ -311,10 +311,12 @@ macro_rules! catalogue {
                 type Output = $out;
                 const INDEX: usize = $index;
 
+                #[inline]
                 fn event_id(&self) -> EventId {
                     self.event_id
                 }
 
+                #[inline]
                 fn session_id(&self) -> Option<SessionId> {
                     let f: fn(&$ty) -> Option<SessionId> = $sid;
                     f(self)

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Dispatch benchmark, repeated: runs `cargo bench -p hooks-core --bench dispatch` RUNS times and prints,
+for every case, the median over the runs of criterion's median time per event, with the lowest and
+highest run, and the figures the goals are stated in (docs/benchmarks.md):
+
+- sync: dispatch time / direct calls (goal: at most 2x);
+- async: (dispatch - direct awaits) / N, ns per handler above the limit (goal: at most 40 ns);
+- isolation: (isolated - no isolation) / N, ns per handler (goal: at most 500 ns);
+- Python: a popular Python gateway's emit (0.4 / 1.5 / 12 us at N = 1 / 10 / 100) / ours (goal: 20x).
+
+Usage: python3 scripts/bench_dispatch.py [RUNS]   (default 5; each run takes about a minute)
+Repeating matters on a shared VM, where one criterion run can be 2x off the next.
+"""
+import json, os, statistics, subprocess, sys
+
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+PYTHON_NS = {1: 400.0, 10: 1500.0, 100: 12000.0}
+NS = [1, 10, 100]
+LABELS = ["direct", "no_isolation", "isolated"]
+
+samples = {}
+for run in range(runs):
+    subprocess.run(
+        ["cargo", "bench", "-q", "-p", "hooks-core", "--bench", "dispatch", "--",
+         "--warm-up-time", "1", "--measurement-time", "2", "--noplot"],
+        cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for kind in ["sync", "async"]:
+        for label in LABELS:
+            for n in NS:
+                path = os.path.join(target, "criterion", f"dispatch_{kind}", label, str(n), "new", "estimates.json")
+                with open(path) as f:
+                    samples.setdefault((kind, label, n), []).append(json.load(f)["median"]["point_estimate"])
+    print(f"run {run + 1}/{runs} done", file=sys.stderr)
+
+med = {k: statistics.median(v) for k, v in samples.items()}
+print(f"median of {runs} runs of criterion's median, ns per event (lowest-highest run)\n")
+print("| handlers | N | direct | no isolation | isolated |")
+print("|---|---:|---:|---:|---:|")
+for kind in ["sync", "async"]:
+    for n in NS:
+        cells = [f"{med[(kind, l, n)]:,.1f} ({min(samples[(kind, l, n)]):,.0f}-{max(samples[(kind, l, n)]):,.0f})" for l in LABELS]
+        print(f"| {kind} | {n} | " + " | ".join(cells) + " |")
+print()
+for n in NS:
+    d, off, iso = (med[("sync", l, n)] for l in LABELS)
+    print(f"sync N={n}: {off / d:.2f}x direct; isolation {(iso - off) / n:.0f} ns/handler; "
+          f"Python/ours {PYTHON_NS[n] / off:.1f}x (no isolation), {PYTHON_NS[n] / iso:.1f}x (isolated)")
+for n in NS:
+    d, off, iso = (med[("async", l, n)] for l in LABELS)
+    print(f"async N={n}: {(off - d) / n:.1f} ns/handler above direct awaits; isolation {(iso - off) / n:.0f} ns/handler; "
+          f"Python/ours {PYTHON_NS[n] / off:.1f}x (no isolation), {PYTHON_NS[n] / iso:.1f}x (isolated)")
