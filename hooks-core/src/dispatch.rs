@@ -349,9 +349,7 @@ impl Dispatcher {
                 ctx.hook = hook.meta().name();
                 match f(event, &ctx) {
                     Ok(out) => report(i, Ok(out)),
-                    Err(error) => {
-                        report(i, self.settle(hook, event, self.counters::<E>(i), Err(Failure::Error(error))))
-                    }
+                    Err(error) => report(i, self.settle(i, hook, event, Err(Failure::Error(error)))),
                 }
             }
             return;
@@ -398,7 +396,6 @@ impl Dispatcher {
                 }
                 Handler::Async(f) => f,
             };
-            let counters = self.counters::<E>(i);
             // Tokio's clock, so that timeouts follow paused time in tests like every tokio timer.
             let started = self.measuring().then(tokio::time::Instant::now);
             let mut future = f(event, ctx);
@@ -423,7 +420,7 @@ impl Dispatcher {
             if let Some(started) = started {
                 self.add_nanos::<E>(i, started.elapsed());
             }
-            report(i, self.settle(hook, event, counters, result));
+            report(i, self.settle(i, hook, event, result));
         }
         if !waiting.is_empty() {
             for (i, result) in futures::future::join_all(waiting).await {
@@ -443,7 +440,6 @@ impl Dispatcher {
         started: Option<tokio::time::Instant>,
         timeout: Option<Duration>,
     ) -> Result<E::Output, Failure> {
-        let counters = self.counters::<E>(index);
         let result = match (self.config.isolation, started) {
             (Isolation::Contained, Some(started)) => {
                 let future = AssertUnwindSafe(future).catch_unwind();
@@ -460,7 +456,7 @@ impl Dispatcher {
             }
             _ => future.await.map_err(Failure::Error),
         };
-        self.settle(hook, event, counters, result)
+        self.settle(index, hook, event, result)
     }
 
     /// Delivers `event` as attempt `attempt` to every handler of its type except those named in `skip`
@@ -660,7 +656,6 @@ impl Dispatcher {
         clock: &mut Option<Instant>,
     ) -> Result<E::Output, Failure> {
         let Handler::Sync(f) = hook.handler() else { unreachable!("call_sync on an async hook") };
-        let counters = self.counters::<E>(index);
         let result = match self.config.isolation {
             Isolation::Off => f(event, ctx).map_err(Failure::Error),
             Isolation::Contained => {
@@ -678,7 +673,7 @@ impl Dispatcher {
                 }
             }
         };
-        self.settle(hook, event, counters, result)
+        self.settle(index, hook, event, result)
     }
 
     /// Calls any handler; `Err` if it failed (already reported).
@@ -694,7 +689,6 @@ impl Dispatcher {
             Handler::Sync(_) => return self.call_sync(index, hook, event, ctx, &mut None),
             Handler::Async(f) => f,
         };
-        let counters = self.counters::<E>(index);
         let result = match self.config.isolation {
             Isolation::Off => f(event, *ctx).await.map_err(Failure::Error),
             Isolation::Contained => {
@@ -713,28 +707,29 @@ impl Dispatcher {
                 }
             }
         };
-        self.settle(hook, event, counters, result)
+        self.settle(index, hook, event, result)
     }
 
     /// Passes a success through; counts and logs a failure ([`failed`](Self::failed)).
     #[inline]
     fn settle<E: Event>(
         &self,
+        index: usize,
         hook: &Hook<E>,
         event: &E,
-        counters: &Counters,
         result: Result<E::Output, Failure>,
     ) -> Result<E::Output, Failure> {
         match result {
             Ok(out) => Ok(out),
-            Err(failure) => Err(self.failed(hook, event, counters, failure)),
+            Err(failure) => Err(self.failed(index, hook, event, failure)),
         }
     }
 
     /// Counts and logs a handler's failure (out of line: the call path is for successes).
     #[cold]
     #[inline(never)]
-    fn failed<E: Event>(&self, hook: &Hook<E>, event: &E, counters: &Counters, failure: Failure) -> Failure {
+    fn failed<E: Event>(&self, index: usize, hook: &Hook<E>, event: &E, failure: Failure) -> Failure {
+        let counters = self.counters::<E>(index);
         let meta = hook.meta();
         let session_id = event.session_id().map(tracing::field::display);
         let event_id = tracing::field::display(event.event_id());
