@@ -117,6 +117,7 @@ impl Tally {
 
     /// Adds `n` to one of this thread's counters. Not a read-modify-write: sound only because the
     /// calling thread is the counter's one writer (readers may see the old or the new value).
+    #[inline]
     fn add(counter: &AtomicU64, n: u64) {
         counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
@@ -313,14 +314,13 @@ impl Dispatcher {
     pub async fn deliver_attempt<E: Event<Output = ()>>(&self, event: &E, attempt: u32) -> Delivery {
         let list = self.registry.hook_list::<E>();
         let hooks = list.as_slice();
-        let ctx = self.context(event, attempt);
         self.delivered::<E>();
         let mut failed = 0;
         let count = |_, result: Result<E::Output, Failure>| failed += usize::from(result.is_err());
         if list.all_sync() {
-            self.deliver_sync(hooks, event, ctx, |_| true, count);
+            self.deliver_sync(hooks, event, attempt, |_| true, count);
         } else {
-            self.deliver_mixed(hooks, event, &ctx, |_| true, count).await;
+            self.deliver_mixed(hooks, event, attempt, |_| true, count).await;
         }
         Delivery { handlers: hooks.len(), failed }
     }
@@ -334,10 +334,11 @@ impl Dispatcher {
         &self,
         hooks: &[Hook<E>],
         event: &E,
-        mut ctx: HookContext<'_>,
+        attempt: u32,
         called: impl Fn(usize) -> bool,
         mut report: impl FnMut(usize, Result<E::Output, Failure>),
     ) {
+        let mut ctx = self.context(event, attempt);
         if self.config.isolation == Isolation::Off {
             // Nothing to measure or catch: call each handler and look closer only at an error.
             for (i, hook) in hooks.iter().enumerate() {
@@ -377,10 +378,11 @@ impl Dispatcher {
         &self,
         hooks: &[Hook<E>],
         event: &E,
-        base: &HookContext<'_>,
+        attempt: u32,
         called: impl Fn(usize) -> bool,
         mut report: impl FnMut(usize, Result<E::Output, Failure>),
     ) {
+        let base = self.context(event, attempt);
         let mut waiting = Vec::new();
         // With isolation, the instant the previous async handler's first poll ended, which is when the
         // next one starts: one clock read per handler instead of two, as in `deliver_sync`.
@@ -391,7 +393,7 @@ impl Dispatcher {
                 clock = None;
                 continue;
             }
-            let mut ctx = *base;
+            let mut ctx = base;
             self.prepare(&mut ctx, hook);
             let f = match hook.handler() {
                 Handler::Sync(_) => {
@@ -495,7 +497,6 @@ impl Dispatcher {
         attempt: u32,
         skip: &[String],
     ) -> Vec<HandlerOutcome> {
-        let ctx = self.context(event, attempt);
         self.delivered::<E>();
         let list = self.registry.hook_list::<E>();
         let names = list.qualified_names();
@@ -506,9 +507,9 @@ impl Dispatcher {
             out[i] = Some(HandlerOutcome { hook: Arc::clone(&names[i]), error: result.err().map(|f| f.to_string()) });
         };
         if list.all_sync() {
-            self.deliver_sync(list.as_slice(), event, ctx, called, report);
+            self.deliver_sync(list.as_slice(), event, attempt, called, report);
         } else {
-            self.deliver_mixed(list.as_slice(), event, &ctx, called, report).await;
+            self.deliver_mixed(list.as_slice(), event, attempt, called, report).await;
         }
         out.into_iter().flatten().collect()
     }
