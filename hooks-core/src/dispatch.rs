@@ -372,8 +372,9 @@ impl Dispatcher {
     /// comes; an async one is polled once right away, and only if it is still pending does it get a
     /// timeout and wait, concurrently with the others, until every handler is done. Most handlers
     /// finish on their first poll, so the common case allocates nothing beyond each handler's own
-    /// future (which holds its context). Only handlers for which `called` holds are called (the others are counted as not
-    /// called); `report` hears each one's result (already logged and counted), pending ones last.
+    /// future (which holds its context). Only handlers for which `called` holds are called (the others
+    /// are counted as not called); `report` hears each one's result (already logged and counted),
+    /// pending ones last.
     async fn deliver_mixed<E: Event>(
         &self,
         hooks: &[Hook<E>],
