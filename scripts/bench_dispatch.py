@@ -41,7 +41,9 @@ print("| handlers | N | direct | no isolation | isolated |")
 print("|---|---:|---:|---:|---:|")
 for kind in ["sync", "async"]:
     for n in NS:
-        cells = [f"{med[(kind, l, n)]:,.1f} ({min(samples[(kind, l, n)]):,.0f}-{max(samples[(kind, l, n)]):,.0f})" for l in LABELS]
+        def ns(x):  # one decimal below 100 ns, where it matters
+            return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+        cells = [f"{ns(med[(kind, l, n)])} ({ns(min(samples[(kind, l, n)]))}-{ns(max(samples[(kind, l, n)]))})" for l in LABELS]
         print(f"| {kind} | {n} | " + " | ".join(cells) + " |")
 print()
 for n in NS:
