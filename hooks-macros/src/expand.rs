@@ -43,7 +43,8 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
     };
     let args = match &hook.sig.ctx_ty {
         Some(ctx_ty) => {
-            let user_ctx = with_lifetime(&erase_lifetimes(ctx_ty));
+            let mut user_ctx = erase_lifetimes(ctx_ty);
+            add_context_lifetime(&mut user_ctx);
             let ctx_arg = quote_spanned! {user_ctx.span()=>
                 <#user_ctx as #p::ContextArg<'_>>::from_context(ctx)
             };
@@ -120,7 +121,8 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
     }
 }
 
-/// `func` with each argument of type `&HookContext` written `&HookContext<'_>` ([`with_lifetime`]).
+/// `func` with each argument of type `&HookContext` written `&HookContext<'_>`
+/// ([`add_context_lifetime`]).
 /// The fallback applies it too, so that a rejected hook gets only its own error.
 pub(crate) fn with_context_lifetime(func: &syn::ItemFn) -> syn::ItemFn {
     let mut func = func.clone();
@@ -128,29 +130,26 @@ pub(crate) fn with_context_lifetime(func: &syn::ItemFn) -> syn::ItemFn {
         if let FnArg::Typed(arg) = arg
             && let Type::Reference(reference) = &mut *arg.ty
         {
-            *reference.elem = with_lifetime(&reference.elem);
+            add_context_lifetime(&mut reference.elem);
         }
     }
     func
 }
 
-/// `ty`, and if it is a bare `HookContext`, `HookContext<'_>`.
+/// Writes a bare `HookContext` as `HookContext<'_>`.
 ///
 /// `HookContext` borrows the dispatcher's state, so it has a lifetime parameter; an `async fn` may not
 /// leave it implicit (E0726) and `elided_lifetimes_in_paths` warns about a plain `fn` that does. Hooks
 /// are documented as taking `ctx: &HookContext`, so the macro writes the `'_` the compiler wants; a
 /// path with arguments of its own, or another type, is left as written.
-fn with_lifetime(ty: &Type) -> Type {
-    let mut ty = ty.clone();
-    if let Type::Path(path) = &mut ty
+fn add_context_lifetime(ty: &mut Type) {
+    if let Type::Path(path) = ty
         && let Some(last) = path.path.segments.last_mut()
         && last.ident == "HookContext"
         && last.arguments.is_none()
     {
-        let lifetime = syn::Lifetime::new("'_", last.ident.span());
-        last.arguments = syn::PathArguments::AngleBracketed(syn::parse_quote_spanned!(last.ident.span()=> <#lifetime>));
+        last.arguments = syn::PathArguments::AngleBracketed(syn::parse_quote_spanned!(last.ident.span()=> <'_>));
     }
-    ty
 }
 
 /// Where a wrong return type is reported: the return type, or the function's name when it has none.
