@@ -39,7 +39,7 @@ enum Cmd {
         /// The input file, JSON Lines (`-` for standard input).
         input: PathBuf,
 
-        /// Where to write the events, one JSON object per line (overwritten).
+        /// Where to write the events, one JSON object per line (an existing file is replaced by a new one).
         #[arg(long, value_name = "PATH")]
         events_out: Option<PathBuf>,
 

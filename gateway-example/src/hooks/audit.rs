@@ -65,12 +65,22 @@ impl Sink {
 }
 
 impl AuditLog {
-    /// Creates (truncating) the file at `path`: what `replay` does.
+    /// Creates the file at `path`, replacing an earlier one: what `replay` does.
+    ///
+    /// An existing regular file is removed first and a new one created, rather than truncated in
+    /// place: on ext4 (and XFS), closing a file that was truncated and rewritten starts writing all of
+    /// it back to the disk, which made a replay of 1,000,000 records wait ~0.27 s at exit for a 359 MB
+    /// events file (the `auto_da_alloc` heuristic, there to protect the "truncate and rewrite" pattern
+    /// against a crash). Anything that is not a regular file (`/dev/stdout`, a FIFO, a symbolic link)
+    /// is opened as it is.
     ///
     /// # Errors
     ///
-    /// The file cannot be created.
+    /// The old file cannot be removed, or the new one cannot be created.
     pub fn create(path: &Path, level: AuditLevel) -> io::Result<Self> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
+            std::fs::remove_file(path)?;
+        }
         Ok(Self::new(File::create(path)?, level, false))
     }
 
@@ -294,4 +304,44 @@ fn audit_shutdown(ev: &GatewayShutdown, ctx: &HookContext) -> Result<(), HookErr
         field_ts(b, "at", ev.at);
         field_u64(b, "sessions_closed", ev.sessions_closed);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_one(log: &AuditLog) -> u64 {
+        log.write(false, |b| head(b, "gateway_startup", EventId::from_u128(1))).unwrap();
+        log.finish().unwrap()
+    }
+
+    #[test]
+    fn create_replaces_an_existing_file_with_a_new_one() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let old_text = "an older, much longer events file\n".repeat(100);
+        std::fs::write(&path, &old_text).unwrap();
+        let mut old = File::open(&path).unwrap();
+        let log = AuditLog::create(&path, AuditLevel::All).unwrap();
+        assert_eq!(write_one(&log), 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"event\":\"gateway_startup\"") && text.lines().count() == 1, "{text}");
+        let mut still = String::new();
+        old.read_to_string(&mut still).unwrap();
+        assert_eq!(still, old_text, "the old file was unlinked whole, not truncated");
+    }
+
+    #[test]
+    fn create_through_a_symbolic_link_keeps_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.jsonl");
+        let link = dir.path().join("events.jsonl");
+        std::fs::write(&target, "old\n").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let log = AuditLog::create(&link, AuditLevel::All).unwrap();
+        write_one(&log);
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::read_to_string(&target).unwrap().starts_with("{\"event\":\"gateway_startup\""));
+    }
 }
