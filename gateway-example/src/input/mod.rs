@@ -10,7 +10,8 @@
 //! - a field of the wrong JSON type, or `null`, counts as missing.
 //!
 //! Parsing borrows from the line where it can: a record without escapes in its strings allocates
-//! nothing.
+//! nothing. A flat chat record is read by a hand-written scanner ([`scan`]); every other line, and
+//! every line the scanner is not sure of, by serde.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -18,6 +19,8 @@ use std::fmt;
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+mod scan;
 
 /// One routed record: what the gateway routes to a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +94,15 @@ pub fn is_command(text: &str) -> bool {
 /// [`LineError`] when the line is neither blank nor a valid record or Update.
 pub fn parse_line(bytes: &[u8]) -> Result<Line<'_>, LineError> {
     let text = utf8(bytes)?;
+    if let Some(record) = scan::chat_record(text) {
+        return Ok(Line::Record(record));
+    }
+    parse_line_serde(text)
+}
+
+/// `parse_line` without the fast path: what decides every line the scanner leaves, and what the tests
+/// compare the scanner with.
+pub(crate) fn parse_line_serde(text: &str) -> Result<Line<'_>, LineError> {
     if text.chars().all(char::is_whitespace) {
         return Ok(Line::Blank);
     }
