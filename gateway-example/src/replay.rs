@@ -128,6 +128,9 @@ struct Replayer<'a> {
     started: bool,
     summary: Summary,
     durable: Option<DurableReplay>,
+    /// The text of the last `MessageReceived` delivered in memory, emptied: its allocation is reused
+    /// for the next record's text, so routing a record allocates for the transcript only.
+    spare_text: String,
 }
 
 impl Replayer<'_> {
@@ -165,7 +168,8 @@ impl Replayer<'_> {
         self.engine.advance(at, &mut self.out);
         self.deliver_pending().await;
 
-        let mut text = rec.text.into_owned();
+        let mut text = std::mem::take(&mut self.spare_text);
+        text.push_str(&rec.text);
         if is_command(&text) {
             // The command hooks decide now, inline, as in `serve`. In memory everything before was
             // delivered already; with `--store sqlite` the events of the batches still committing are
@@ -201,6 +205,8 @@ impl Replayer<'_> {
             }
             None => {
                 self.dispatcher.deliver(&ev).await;
+                self.spare_text = ev.text;
+                self.spare_text.clear();
             }
         }
         Ok(())
@@ -240,6 +246,7 @@ pub async fn run(options: &ReplayOptions, settings: &Settings, dispatcher: Arc<D
         started: false,
         summary: Summary::default(),
         durable,
+        spare_text: String::new(),
     };
     let name = options.input.display().to_string();
     let mut buf = Vec::with_capacity(4096);
