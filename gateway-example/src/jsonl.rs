@@ -24,6 +24,21 @@ pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
         (zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space) & HIGH
     }
     let lowest = |flags: u64| (flags.trailing_zeros() / 8) as usize;
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let n = bytes.len();
+    if n < 8 {
+        return bytes.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\');
+    }
+    if n <= 16 {
+        // Two words, the second overlapping the first (whose bytes, if it had no hit, lend no
+        // borrow): most ids and names, without a loop.
+        let f = flags(word(0));
+        if f != 0 {
+            return Some(lowest(f));
+        }
+        let f = flags(word(n - 8));
+        return (f != 0).then(|| n - 8 + lowest(f));
+    }
     let mut chunks = bytes.chunks_exact(8);
     let mut at = 0;
     for chunk in &mut chunks {
@@ -37,15 +52,9 @@ pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
     if unchecked == 0 {
         return None;
     }
-    if at == 0 {
-        // Shorter than a word: byte by byte is cheaper than building a padded one.
-        return bytes.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\');
-    }
-    // The last eight bytes, overlapping checked ones, which hold no hit and so lend no borrow: only
-    // the flags of the `unchecked` highest bytes count.
-    let word = u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("8 bytes"));
-    let f = flags(word) & (u64::MAX << (8 * (8 - unchecked)));
-    (f != 0).then(|| bytes.len() - 8 + lowest(f))
+    // The last eight bytes, overlapping checked ones, which hold no hit and so lend no borrow.
+    let f = flags(word(n - 8));
+    (f != 0).then(|| n - 8 + lowest(f))
 }
 
 /// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
