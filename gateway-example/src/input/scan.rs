@@ -27,7 +27,8 @@ use crate::jsonl::first_escape;
 /// whole line, already known to be UTF-8.
 pub(super) fn chat_record(text: &str) -> Option<Record<'_>> {
     let mut s = Scanner { text, bytes: text.as_bytes(), at: 0 };
-    let [mut ts, mut chat_id, mut user_id, mut body, mut platform] = [None, None, None, None, None];
+    let mut ts = None;
+    let [mut chat_id, mut user_id, mut body, mut platform] = [None, None, None, None];
     s.skip_ws();
     s.eat(b'{')?;
     s.skip_ws();
@@ -41,7 +42,8 @@ pub(super) fn chat_record(text: &str) -> Option<Record<'_>> {
         s.eat(b':')?;
         s.skip_ws();
         match key {
-            "ts" => s.field(&mut ts)?,
+            "ts" if ts.is_none() => ts = Some(s.timestamp()?),
+            "ts" => return None, // a duplicate
             "chat_id" => s.field(&mut chat_id)?,
             "user_id" => s.field(&mut user_id)?,
             "text" => s.field(&mut body)?,
@@ -61,10 +63,8 @@ pub(super) fn chat_record(text: &str) -> Option<Record<'_>> {
     if s.at != s.bytes.len() {
         return None; // trailing characters
     }
-    let ts = ts?;
-    let ts = quick_timestamp(&ts).or_else(|| ts.parse().ok())?;
     Some(Record {
-        ts,
+        ts: ts?,
         platform: platform.unwrap_or(Cow::Borrowed("replay")),
         chat_id: chat_id?,
         user_id: user_id?,
@@ -98,6 +98,25 @@ impl<'a> Scanner<'a> {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.at += 1;
         }
+    }
+
+    /// The value of `ts`. The common form, `"YYYY-MM-DDTHH:MM:SSZ"`, is read in place (its bytes need
+    /// no escape); anything else is read as a string and then parsed, by jiff if need be. `None` if
+    /// it is not a string or not a timestamp: the serde path words the error.
+    fn timestamp(&mut self) -> Option<Timestamp> {
+        if let Some(quoted) = self.bytes.get(self.at..self.at + 22)
+            && quoted[0] == b'"'
+            && quoted[21] == b'"'
+            && let Some(ts) = quick_timestamp(&quoted[1..21])
+        {
+            self.at += 22;
+            return Some(ts);
+        }
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        let ts = self.string()?;
+        quick_timestamp(ts.as_bytes()).or_else(|| ts.parse().ok())
     }
 
     /// The value of a field the record uses: a string, and the field's first occurrence (another
@@ -289,19 +308,27 @@ impl<'a> Scanner<'a> {
 /// Reads `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z` (the form recorded traffic nearly always has) without
 /// jiff's general parser; `None` for anything else, which then goes to jiff. Where it answers, the
 /// answer is jiff's (a test compares them).
-pub(super) fn quick_timestamp(ts: &str) -> Option<Timestamp> {
-    let b = ts.as_bytes();
+pub(super) fn quick_timestamp(b: &[u8]) -> Option<Timestamp> {
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         b[range].iter().try_fold(0i64, |n, &d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
     };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let date: [u8; 10] = b[..10].try_into().expect("10 bytes");
+    let days = match LAST_DATE.get() {
+        (last, days) if last == date => days,
+        _ => {
+            let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+            if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+                return None;
+            }
+            let days = days_from_civil(year, month, day);
+            LAST_DATE.set((date, days));
+            days
+        }
+    };
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
     if hour > 23 || minute > 59 || second > 59 {
         return None; // a leap second (60) is jiff's to read
     }
@@ -323,8 +350,14 @@ pub(super) fn quick_timestamp(ts: &str) -> Option<Timestamp> {
     if rest != b"Z" {
         return None;
     }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
     Timestamp::new(seconds, nanos).ok()
+}
+
+thread_local! {
+    /// The date part of the last timestamp [`quick_timestamp`] read, with its day number: records come
+    /// in time order, so most share their date with the one before. (All zero bytes match no date.)
+    static LAST_DATE: std::cell::Cell<([u8; 10], i64)> = const { std::cell::Cell::new(([0; 10], 0)) };
 }
 
 fn days_in_month(year: i64, month: i64) -> i64 {
@@ -469,7 +502,7 @@ mod tests {
             ts in "(19[0-9]{2}|20[0-9]{2}|0000|9999)-(0[0-9]|1[0-3])-([0-2][0-9]|3[0-2])T([01][0-9]|2[0-4]):[0-6][0-9]:[0-6][0-9](\\.[0-9]{0,10})?(Z|z|\\+00:00)?",
         ) {
             let jiff = ts.parse::<Timestamp>().ok();
-            match quick_timestamp(&ts) {
+            match quick_timestamp(ts.as_bytes()) {
                 Some(t) => prop_assert_eq!(Some(t), jiff, "{}", ts),
                 None => prop_assert!(
                     jiff.is_none() || !ts.ends_with('Z') || ts[17..19] == *"60" || ts.len() > 30,
