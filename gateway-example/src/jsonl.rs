@@ -26,8 +26,19 @@ pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
     let lowest = |flags: u64| (flags.trailing_zeros() / 8) as usize;
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let n = bytes.len();
-    if n < 8 {
+    if n < 4 {
         return bytes.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\');
+    }
+    if n < 8 {
+        // Two overlapping four-byte halves, each topped up with spaces (which need no escape).
+        const SPACES: u64 = 0x2020_2020 << 32;
+        let half = |at: usize| u64::from(u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))) | SPACES;
+        let f = flags(half(0));
+        if f != 0 {
+            return Some(lowest(f));
+        }
+        let f = flags(half(n - 4));
+        return (f != 0).then(|| n - 4 + lowest(f));
     }
     if n <= 16 {
         // Two words, the second overlapping the first (whose bytes, if it had no hit, lend no
