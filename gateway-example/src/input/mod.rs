@@ -152,8 +152,13 @@ pub fn parse_telegram_update(bytes: &[u8], now: Timestamp) -> Result<Option<Reco
     })
 }
 
+/// `bytes` as text. `simdutf8` checks a line several times faster than `std` (SIMD over the whole
+/// line rather than two words at a time); its error says nothing about where, so a bad line is
+/// checked again by `std` for the position.
 fn utf8(bytes: &[u8]) -> Result<&str, LineError> {
-    std::str::from_utf8(bytes).map_err(|e| LineError::Utf8(e.valid_up_to()))
+    simdutf8::basic::from_utf8(bytes)
+        .or_else(|_| std::str::from_utf8(bytes))
+        .map_err(|e| LineError::Utf8(e.valid_up_to()))
 }
 
 /// A JSON object's fields. Derived structs would also accept a JSON array (fields by position), so
