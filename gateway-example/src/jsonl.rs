@@ -71,6 +71,26 @@ pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
 /// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
 pub fn push_str(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    let n = bytes.len();
+    if (4..=16).contains(&n) && first_escape(bytes).is_none() {
+        // Most ids and names: quotes and text go in one fixed-size copy. The text is placed as two
+        // overlapping pieces of constant size in an 18-byte array, the array is appended whole, and
+        // what follows the closing quote is cut off again. (A `memcpy` call of a short, variable
+        // length cost ~45 instructions, more than the rest of this.)
+        let mut quoted = [0u8; 18];
+        quoted[0] = b'"';
+        if n >= 8 {
+            quoted[1..9].copy_from_slice(&bytes[..8]);
+            quoted[n - 7..=n].copy_from_slice(&bytes[n - 8..]);
+        } else {
+            quoted[1..5].copy_from_slice(&bytes[..4]);
+            quoted[n - 3..=n].copy_from_slice(&bytes[n - 4..]);
+        }
+        quoted[n + 1] = b'"';
+        buf.extend_from_slice(&quoted);
+        buf.truncate(buf.len() - (16 - n));
+        return;
+    }
     buf.reserve(bytes.len() + 2);
     buf.push(b'"');
     // Most ids and texts need no escape at all: find the first byte that does (a loop the compiler
@@ -303,6 +323,22 @@ mod tests {
         }
         assert_eq!(ts("2024-02-29T23:59:59.999Z".parse().unwrap()), "\"2024-02-29T23:59:59Z\"");
         assert_eq!(ts("2000-03-01T00:00:00Z".parse().unwrap()), "\"2000-03-01T00:00:00Z\"");
+    }
+
+    proptest! {
+        /// Every length (the short ones take the fixed-size copy), with and without characters that
+        /// need escaping, appended after other text.
+        #[test]
+        fn push_str_writes_what_serde_json_reads_back(
+            s in "[a-zé\"\\\n\u{1}€😀]{0,40}",
+            before in "[a-z]{0,3}",
+        ) {
+            let mut buf = before.clone().into_bytes();
+            push_str(&mut buf, &s);
+            prop_assert_eq!(&buf[..before.len()], before.as_bytes());
+            let back: String = serde_json::from_slice(&buf[before.len()..]).unwrap();
+            prop_assert_eq!(back, s);
+        }
     }
 
     #[test]
