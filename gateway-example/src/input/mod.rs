@@ -10,7 +10,7 @@
 //! - a field of the wrong JSON type, or `null`, counts as missing.
 //!
 //! Parsing borrows from the line where it can: a record without escapes in its strings allocates
-//! nothing. A flat chat record is read by a hand-written scanner ([`scan`]); every other line, and
+//! nothing. A flat chat record is read by a hand-written scanner (`input/scan.rs`); every other line, and
 //! every line the scanner is not sure of, by serde.
 
 use std::borrow::Cow;

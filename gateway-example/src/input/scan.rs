@@ -14,7 +14,7 @@
 //!
 //! Why: serde's derived visitor, the lenient field wrapper and jiff's general RFC 3339 parser cost
 //! ~3,300 instructions per record of the tiled corpora, a third of a whole replay; with this scanner
-//! a line costs ~2,000, UTF-8 validation included (callgrind; docs/benchmarks.md).
+//! a line costs ~1,400, UTF-8 validation included (callgrind; docs/benchmarks.md).
 
 use std::borrow::Cow;
 
