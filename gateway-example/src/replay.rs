@@ -327,7 +327,12 @@ impl<R: Read> LineReader<R> {
         self.reader.consume(std::mem::take(&mut self.lent));
         self.carry.clear();
         loop {
-            let available = self.reader.fill_buf()?;
+            let available = match self.reader.fill_buf() {
+                Ok(available) => available,
+                // As `read_until` does: a read interrupted by a signal is tried again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
             if available.is_empty() {
                 return Ok((!self.carry.is_empty()).then_some(&self.carry[..]));
             }
