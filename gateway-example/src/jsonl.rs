@@ -40,30 +40,19 @@ pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
         let f = flags(half(n - 4));
         return (f != 0).then(|| n - 4 + lowest(f));
     }
-    if n <= 16 {
-        // Two words, the second overlapping the first (whose bytes, if it had no hit, lend no
-        // borrow): most ids and names, without a loop.
-        let f = flags(word(0));
-        if f != 0 {
-            return Some(lowest(f));
-        }
-        let f = flags(word(n - 8));
-        return (f != 0).then(|| n - 8 + lowest(f));
-    }
-    let mut chunks = bytes.chunks_exact(8);
+    // Whole words, then the last eight bytes, overlapping checked ones (which hold no hit and so
+    // lend no borrow). Up to 16 bytes, the common ids and names, that is two words and no loop.
     let mut at = 0;
-    for chunk in &mut chunks {
-        let f = flags(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+    while at + 8 <= n {
+        let f = flags(word(at));
         if f != 0 {
             return Some(at + lowest(f));
         }
         at += 8;
     }
-    let unchecked = chunks.remainder().len();
-    if unchecked == 0 {
+    if at == n {
         return None;
     }
-    // The last eight bytes, overlapping checked ones, which hold no hit and so lend no borrow.
     let f = flags(word(n - 8));
     (f != 0).then(|| n - 8 + lowest(f))
 }
@@ -72,7 +61,8 @@ pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
 pub fn push_str(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let n = bytes.len();
-    if (4..=16).contains(&n) && first_escape(bytes).is_none() {
+    let mut escape = first_escape(bytes);
+    if (4..=16).contains(&n) && escape.is_none() {
         // Most ids and names: quotes and text go in one fixed-size copy. The text is placed as two
         // overlapping pieces of constant size in an 18-byte array, the array is appended whole, and
         // what follows the closing quote is cut off again. (A `memcpy` call of a short, variable
@@ -93,10 +83,10 @@ pub fn push_str(buf: &mut Vec<u8>, s: &str) {
     }
     buf.reserve(bytes.len() + 2);
     buf.push(b'"');
-    // Most ids and texts need no escape at all: find the first byte that does (a loop the compiler
-    // vectorizes) and copy everything before it in one go.
+    // Most texts need no escape at all: everything before the first byte that does is copied in
+    // one go.
     let mut rest = bytes;
-    while let Some(i) = first_escape(rest) {
+    while let Some(i) = escape {
         buf.extend_from_slice(&rest[..i]);
         match rest[i] {
             b'"' => buf.extend_from_slice(b"\\\""),
@@ -110,6 +100,7 @@ pub fn push_str(buf: &mut Vec<u8>, s: &str) {
             }
         }
         rest = &rest[i + 1..];
+        escape = first_escape(rest);
     }
     buf.extend_from_slice(rest);
     buf.push(b'"');

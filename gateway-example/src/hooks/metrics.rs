@@ -59,18 +59,16 @@ impl Metrics {
     /// The counters now: the sum over the threads' rows. A count that another thread is making at
     /// this moment may or may not be in it.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let sum = |field: fn(&Row) -> &AtomicU64| self.rows.iter().map(|row| field(row).load(Ordering::Relaxed)).sum();
-        let closed = (0..CloseReason::ALL.len())
-            .map(|i| self.rows.iter().map(|row| row.closed[i].load(Ordering::Relaxed)).sum())
-            .collect::<Vec<u64>>();
+        let sum =
+            |field: &dyn Fn(&Row) -> &AtomicU64| self.rows.iter().map(|row| field(row).load(Ordering::Relaxed)).sum();
         MetricsSnapshot {
-            sessions_opened: sum(|r| &r.sessions_opened),
-            closed: CloseReason::ALL.iter().copied().zip(closed).collect(),
-            late_closes: sum(|r| &r.late_closes),
-            messages: sum(|r| &r.messages),
-            commands: sum(|r| &r.commands),
-            agent_turns: sum(|r| &r.agent_turns),
-            agent_errors: sum(|r| &r.agent_errors),
+            sessions_opened: sum(&|r| &r.sessions_opened),
+            closed: CloseReason::ALL.iter().enumerate().map(|(i, reason)| (*reason, sum(&|r| &r.closed[i]))).collect(),
+            late_closes: sum(&|r| &r.late_closes),
+            messages: sum(&|r| &r.messages),
+            commands: sum(&|r| &r.commands),
+            agent_turns: sum(&|r| &r.agent_turns),
+            agent_errors: sum(&|r| &r.agent_errors),
         }
     }
 

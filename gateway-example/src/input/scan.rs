@@ -72,6 +72,13 @@ pub(super) fn chat_record(text: &str) -> Option<Record<'_>> {
     })
 }
 
+/// What ended a run of string bytes: the closing quote, or the `\` of an escape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Quote,
+    Escape,
+}
+
 struct Scanner<'a> {
     text: &'a str,
     bytes: &'a [u8],
@@ -155,12 +162,22 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
         let start = self.at;
-        let end = start + first_escape(&self.bytes[start..])?;
+        match self.run()? {
+            (end, Stop::Quote) => Some(Cow::Borrowed(&self.text[start..end])),
+            (end, Stop::Escape) => self.decode(start, end).map(Cow::Owned),
+        }
+    }
+
+    /// Steps over string bytes that need no escape, from `at` to the first `"` or `\`, and past it;
+    /// `None` at a raw control character or the end of the line. Returns where the run ended. (Both
+    /// stops are ASCII, so the run's ends are character boundaries.)
+    #[inline(always)] // into `string`, where the common case is one run to the closing quote
+    fn run(&mut self) -> Option<(usize, Stop)> {
+        let end = self.at + first_escape(&self.bytes[self.at..])?;
         self.at = end + 1;
         match self.bytes[end] {
-            // `"` and `\` are ASCII, so both ends are character boundaries.
-            b'"' => Some(Cow::Borrowed(&self.text[start..end])),
-            b'\\' => self.decode(start, end).map(Cow::Owned),
+            b'"' => Some((end, Stop::Quote)),
+            b'\\' => Some((end, Stop::Escape)),
             _ => None,
         }
     }
@@ -186,13 +203,10 @@ impl<'a> Scanner<'a> {
             };
             out.push(c);
             let from = self.at;
-            let end = from + first_escape(&self.bytes[from..])?;
+            let (end, stop) = self.run()?;
             out.push_str(&self.text[from..end]);
-            self.at = end + 1;
-            match self.bytes[end] {
-                b'"' => return Some(out),
-                b'\\' => {}
-                _ => return None,
+            if stop == Stop::Quote {
+                return Some(out);
             }
         }
     }
