@@ -52,14 +52,32 @@ use crate::context::{HookContext, HookError, State};
 use crate::event::{AnyEvent, Command, CommandDecision};
 use crate::registry::{EVENT_NAMES, Event, Handler, Hook, Registry};
 
-/// The clock that times plain `fn` handlers with isolation: `quanta`'s, which reads the CPU's time
-/// stamp counter and scales it, instead of `std`'s `clock_gettime`. Every isolated handler call takes
-/// one reading, and on the 2-core VM of docs/benchmarks.md a `std::time::Instant::now()` cost 39-56 ns
-/// against 23-27 ns for `quanta::Instant::now()`. The first reading in a process calibrates the
-/// counter against the OS clock (~0.6 ms, once); where the counter is not usable (not invariant, as
-/// in some VMs), quanta falls back to the OS clock. Async handlers keep tokio's clock, so that their
-/// timeouts follow paused time in tests like every tokio timer.
-type SyncClock = quanta::Instant;
+/// The clock that times handlers with isolation: `quanta`'s, read raw (the CPU's time stamp counter)
+/// and scaled to nanoseconds only for a difference, instead of `std`'s `clock_gettime`. Every isolated
+/// handler call takes one reading, and on the 2-core VM of docs/benchmarks.md a
+/// `std::time::Instant::now()` cost 39-56 ns against ~19 ns for the bare counter. The first
+/// dispatcher in a process calibrates the counter against the OS clock (~0.6 ms, once); where the
+/// counter is not usable (not invariant, as in some VMs), quanta falls back to the OS clock.
+///
+/// Readings of async handlers that finish on their first poll come from this clock too. Only a
+/// handler still pending after its first poll also reads tokio's clock, once, for its timeout's
+/// deadline: that one follows paused time in tests, like every tokio timer.
+#[derive(Clone, Debug)]
+struct Stopwatch(quanta::Clock);
+
+impl Stopwatch {
+    /// A reading, in the clock's own ticks.
+    #[inline]
+    fn now(&self) -> u64 {
+        self.0.raw()
+    }
+
+    /// Nanoseconds from reading `start` to reading `end` (0 if `end` is not later).
+    #[inline]
+    fn nanos(&self, start: u64, end: u64) -> u64 {
+        self.0.delta_as_nanos(start, end)
+    }
+}
 
 /// Whether handler failures are contained.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -246,6 +264,7 @@ pub struct Dispatcher {
     owner_tally: Tally,
     /// Every other thread's counts.
     tallies: ThreadLocal<Tally>,
+    stopwatch: Stopwatch,
 }
 
 /// A key for the calling thread, never 0 and never reused (unlike `thread_local`'s ids, which a new
@@ -296,6 +315,7 @@ impl Dispatcher {
             owner: AtomicU64::new(0),
             owner_tally,
             tallies: ThreadLocal::new(),
+            stopwatch: Stopwatch(quanta::Clock::new()),
         }
     }
 
@@ -323,11 +343,11 @@ impl Dispatcher {
     pub async fn deliver_attempt<E: Event<Output = ()>>(&self, event: &E, attempt: u32) -> Delivery {
         let list = self.registry.hook_list::<E>();
         let hooks = list.as_slice();
-        self.delivered::<E>();
+        let tally = self.delivered::<E>();
         let mut failed = 0;
         let count = |_, result: Result<E::Output, Failure>| failed += usize::from(result.is_err());
         if list.all_sync() {
-            self.deliver_sync(hooks, event, attempt, |_| true, count);
+            self.deliver_sync(tally, hooks, event, attempt, |_| true, count);
         } else {
             self.deliver_mixed(hooks, event, attempt, |_| true, count).await;
         }
@@ -337,10 +357,12 @@ impl Dispatcher {
     /// Every handler is a plain `fn`: one context for all of them, and one clock read per handler
     /// (each handler's end is the next one's start). Only handlers for which `called` holds are called
     /// (the others are counted as not called); `report` hears each one's result, in order (a failure
-    /// already logged and counted).
+    /// already logged and counted). `tally` is this thread's (there is no await on this path, so the
+    /// thread cannot change).
     #[inline]
     fn deliver_sync<E: Event>(
         &self,
+        tally: &Tally,
         hooks: &[Hook<E>],
         event: &E,
         attempt: u32,
@@ -364,7 +386,7 @@ impl Dispatcher {
             }
             return;
         }
-        let mut clock = Some(SyncClock::now());
+        let mut clock = Some(self.stopwatch.now());
         for (i, hook) in hooks.iter().enumerate() {
             if !called(i) {
                 self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
@@ -373,7 +395,7 @@ impl Dispatcher {
                 continue;
             }
             self.prepare(&mut ctx, hook);
-            report(i, self.call_sync(i, hook, event, &ctx, &mut clock));
+            report(i, self.call_sync(tally, i, hook, event, &ctx, &mut clock));
         }
     }
 
@@ -394,8 +416,9 @@ impl Dispatcher {
     ) {
         let base = self.context(event, attempt);
         let mut waiting = Vec::new();
-        // With isolation, the instant the previous async handler's first poll ended, which is when the
-        // next one starts: one clock read per handler instead of two, as in `deliver_sync`.
+        // With isolation, the reading at which the previous handler (or its first poll) ended, which
+        // is when the next one starts: one clock read per handler instead of two, as in
+        // `deliver_sync`.
         let mut clock = None;
         for (i, hook) in hooks.iter().enumerate() {
             if !called(i) {
@@ -407,14 +430,13 @@ impl Dispatcher {
             self.prepare(&mut ctx, hook);
             let f = match hook.handler() {
                 Handler::Sync(_) => {
-                    report(i, self.call_sync(i, hook, event, &ctx, &mut None));
-                    clock = None;
+                    // This thread's counts are looked up afresh: an await before may have moved the task.
+                    report(i, self.call_sync(self.tally(), i, hook, event, &ctx, &mut clock));
                     continue;
                 }
                 Handler::Async(f) => f,
             };
-            // Tokio's clock, so that timeouts follow paused time in tests like every tokio timer.
-            let started = self.measuring().then(|| clock.take().unwrap_or_else(tokio::time::Instant::now));
+            let started = self.measuring().then(|| clock.take().unwrap_or_else(|| self.stopwatch.now()));
             let mut future = f(event, ctx);
             let first = match self.config.isolation {
                 Isolation::Off => Ok(futures::poll!(future.as_mut())),
@@ -427,6 +449,15 @@ impl Dispatcher {
             };
             let result = match first {
                 Ok(std::task::Poll::Pending) => {
+                    // The timeout runs on tokio's clock (paused time in tests), from the handler's
+                    // start: the first poll's time is taken off tokio's present.
+                    let started = started.map(|started| {
+                        let ended = self.stopwatch.now();
+                        clock = Some(ended);
+                        let first_poll = Duration::from_nanos(self.stopwatch.nanos(started, ended));
+                        let now = tokio::time::Instant::now();
+                        now.checked_sub(first_poll).unwrap_or(now)
+                    });
                     let finish = self.finish_async(i, hook, event, future, started, ctx.timeout);
                     waiting.push(async move { (i, finish.await) });
                     continue;
@@ -435,8 +466,8 @@ impl Dispatcher {
                 Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
             };
             if let Some(started) = started {
-                let ended = tokio::time::Instant::now();
-                self.add_nanos::<E>(i, ended - started);
+                let ended = self.stopwatch.now();
+                self.add_nanos::<E>(self.tally(), i, self.stopwatch.nanos(started, ended));
                 clock = Some(ended);
             }
             report(i, self.settle(i, hook, event, result));
@@ -466,7 +497,7 @@ impl Dispatcher {
                     Some(limit) => tokio::time::timeout_at(started + limit, future).await.map_err(|_| limit),
                     None => Ok(future.await),
                 };
-                self.add_nanos::<E>(index, started.elapsed());
+                self.add_nanos::<E>(self.tally(), index, started.elapsed().as_nanos() as u64);
                 match result {
                     Err(limit) => Err(Failure::Timeout(limit)),
                     Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
@@ -507,7 +538,7 @@ impl Dispatcher {
         attempt: u32,
         skip: &[String],
     ) -> Vec<HandlerOutcome> {
-        self.delivered::<E>();
+        let tally = self.delivered::<E>();
         let list = self.registry.hook_list::<E>();
         let names = list.qualified_names();
         // The same paths as `deliver`, told which handlers to skip and collecting each one's outcome.
@@ -517,7 +548,7 @@ impl Dispatcher {
             out[i] = Some(HandlerOutcome { hook: Arc::clone(&names[i]), error: result.err().map(|f| f.to_string()) });
         };
         if list.all_sync() {
-            self.deliver_sync(list.as_slice(), event, attempt, called, report);
+            self.deliver_sync(tally, list.as_slice(), event, attempt, called, report);
         } else {
             self.deliver_mixed(list.as_slice(), event, attempt, called, report).await;
         }
@@ -641,15 +672,19 @@ impl Dispatcher {
         self.tallies.get_or(|| Tally::new(&self.handlers))
     }
 
+    /// Counts a delivery of `E`; returns this thread's counts, good until the next await (a task may
+    /// move to another thread at an await).
     #[inline]
-    fn delivered<E: Event>(&self) {
-        Tally::add(&self.tally().deliveries[E::INDEX], 1);
+    fn delivered<E: Event>(&self) -> &Tally {
+        let tally = self.tally();
+        Tally::add(&tally.deliveries[E::INDEX], 1);
+        tally
     }
 
-    /// Counts `elapsed` against handler `index` of `E`. Looks this thread's counts up afresh: a task
-    /// may have moved to another thread at an await since the last count.
-    fn add_nanos<E: Event>(&self, index: usize, elapsed: Duration) {
-        Tally::add(&self.tally().nanos[E::INDEX][index], elapsed.as_nanos() as u64);
+    /// Counts `nanos` against handler `index` of `E` in `tally`, which must be this thread's.
+    #[inline]
+    fn add_nanos<E: Event>(&self, tally: &Tally, index: usize, nanos: u64) {
+        Tally::add(&tally.nanos[E::INDEX][index], nanos);
     }
 
     fn measuring(&self) -> bool {
@@ -663,26 +698,29 @@ impl Dispatcher {
     }
 
     /// Calls a plain `fn` handler with a [prepared](Self::prepare) context; `Err` if it failed (already
-    /// reported). With isolation, `clock` may hold the instant the call starts (read by the caller) and
-    /// is left at the instant it ended.
+    /// reported). With isolation, `clock` may hold the reading at which the call starts (taken by the
+    /// caller) and is left at the reading at which it ended; the time is counted in `tally`, which
+    /// must be this thread's.
     fn call_sync<E: Event>(
         &self,
+        tally: &Tally,
         index: usize,
         hook: &Hook<E>,
         event: &E,
         ctx: &HookContext<'_>,
-        clock: &mut Option<SyncClock>,
+        clock: &mut Option<u64>,
     ) -> Result<E::Output, Failure> {
         let Handler::Sync(f) = hook.handler() else { unreachable!("call_sync on an async hook") };
         let result = match self.config.isolation {
             Isolation::Off => f(event, ctx).map_err(Failure::Error),
             Isolation::Contained => {
-                let started = clock.unwrap_or_else(SyncClock::now);
+                let started = clock.unwrap_or_else(|| self.stopwatch.now());
                 let result = catch_unwind(AssertUnwindSafe(|| f(event, ctx)));
-                let ended = SyncClock::now();
+                let ended = self.stopwatch.now();
                 *clock = Some(ended);
-                let elapsed = ended - started;
-                self.add_nanos::<E>(index, elapsed);
+                let nanos = self.stopwatch.nanos(started, ended);
+                self.add_nanos::<E>(tally, index, nanos);
+                let elapsed = Duration::from_nanos(nanos);
                 match result {
                     Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
                     Ok(Err(e)) => Err(Failure::Error(e)),
@@ -704,7 +742,7 @@ impl Dispatcher {
     ) -> Result<E::Output, Failure> {
         self.prepare(ctx, hook);
         let f = match hook.handler() {
-            Handler::Sync(_) => return self.call_sync(index, hook, event, ctx, &mut None),
+            Handler::Sync(_) => return self.call_sync(self.tally(), index, hook, event, ctx, &mut None),
             Handler::Async(f) => f,
         };
         let result = match self.config.isolation {
@@ -716,7 +754,7 @@ impl Dispatcher {
                     Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
                     None => Ok(fut.await),
                 };
-                self.add_nanos::<E>(index, started.elapsed());
+                self.add_nanos::<E>(self.tally(), index, started.elapsed().as_nanos() as u64);
                 match result {
                     Err(limit) => Err(Failure::Timeout(limit)),
                     Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
