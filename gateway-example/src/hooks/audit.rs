@@ -175,24 +175,25 @@ struct Line<'a> {
 /// "chat_id":C`, as last written for each session. A session's later lines copy it instead of
 /// hex-encoding the id and escaping the two strings again: ~300 instructions a line, ~5 % of a
 /// replay. Direct-mapped on the id's low bits (sequential in a replay, random in `serve`), so it
-/// holds at most [`SESSION_SLOTS`] fragments; a slot is used only when both its id and its key match
-/// (so events made up with a reused id, as in tests, are still written as they are), and is
-/// otherwise written afresh.
+/// holds at most [`SESSION_SLOTS`] fragments. A fragment is used only when its id matches and its
+/// bytes hold the key's platform and chat id as they are (so events made up with a reused id, as in
+/// tests, are still written as they are); a key that needed escaping never matches and is written
+/// out every time.
 #[derive(Debug)]
 struct SessionFields {
-    slots: Box<[Option<SessionSlot>]>,
+    slots: Box<[SessionSlot]>,
 }
 
-#[derive(Debug)]
-struct SessionSlot {
-    id: SessionId,
-    key: SessionKey,
-    fields: Vec<u8>,
-}
+/// A session id and its fields as written, or nothing yet.
+type SessionSlot = Option<(SessionId, Vec<u8>)>;
 
-/// Slots of [`SessionFields`]: more than the sessions a replay of the corpora has open at once, and
-/// ~0.5 MB when all are filled.
-const SESSION_SLOTS: usize = 4096;
+/// Slots of [`SessionFields`]: more than the sessions a replay of the corpora has open at once (with
+/// 4,096, a third of the lines missed), ~2.5 MB when all are filled.
+const SESSION_SLOTS: usize = 16_384;
+
+const SESSION_ID: &[u8] = b",\"session_id\":";
+const PLATFORM: &[u8] = b",\"platform\":";
+const CHAT_ID: &[u8] = b",\"chat_id\":";
 
 impl Default for SessionFields {
     fn default() -> Self {
@@ -205,28 +206,41 @@ impl SessionFields {
     fn push(&mut self, buf: &mut Vec<u8>, id: SessionId, key: &SessionKey) {
         let slot = &mut self.slots[(id.as_u128() % SESSION_SLOTS as u128) as usize];
         match slot {
-            Some(known) if known.id == id && known.key == *key => {}
+            Some((known, fields)) if *known == id && holds(fields, key) => {}
             _ => {
-                let mut fields = slot.take().map(|old| old.fields).unwrap_or_default();
+                // A slot's buffer is reused: once every slot was used, a miss allocates nothing.
+                let (_, mut fields) = slot.take().unwrap_or_else(|| (id, Vec::with_capacity(128)));
                 fields.clear();
                 write_session_fields(&mut fields, Some(id), key);
-                *slot = Some(SessionSlot { id, key: key.clone(), fields });
+                *slot = Some((id, fields));
             }
         }
-        buf.extend_from_slice(&slot.as_ref().expect("filled above").fields);
+        buf.extend_from_slice(&slot.as_ref().expect("filled above").1);
     }
+}
+
+/// Whether `fields` (written by [`write_session_fields`] for some key) holds exactly `key`'s
+/// platform and chat id, unescaped: `…"platform":"P","chat_id":"C"`.
+fn holds(fields: &[u8], key: &SessionKey) -> bool {
+    let (platform, chat_id) = (key.platform().as_bytes(), key.chat_id().as_bytes());
+    // The quoted id is 38 bytes; each string adds its two quotes.
+    let at = SESSION_ID.len() + 38 + PLATFORM.len() + 1;
+    let chat_at = at + platform.len() + 1 + CHAT_ID.len() + 1;
+    fields.len() == chat_at + chat_id.len() + 1
+        && fields[at..at + platform.len()] == *platform
+        && fields[chat_at..chat_at + chat_id.len()] == *chat_id
 }
 
 /// `,"session_id":…,"platform":…,"chat_id":…`, written out.
 fn write_session_fields(buf: &mut Vec<u8>, id: Option<SessionId>, key: &SessionKey) {
-    buf.extend_from_slice(b",\"session_id\":");
+    buf.extend_from_slice(SESSION_ID);
     match id {
         Some(id) => push_id(buf, id.hyphenated_bytes()),
         None => buf.extend_from_slice(b"null"),
     }
-    buf.extend_from_slice(b",\"platform\":");
+    buf.extend_from_slice(PLATFORM);
     push_str(buf, key.platform());
-    buf.extend_from_slice(b",\"chat_id\":");
+    buf.extend_from_slice(CHAT_ID);
     push_str(buf, key.chat_id());
 }
 
