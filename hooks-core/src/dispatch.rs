@@ -59,9 +59,8 @@ use crate::registry::{EVENT_NAMES, Event, Handler, Hook, Registry};
 /// dispatcher in a process calibrates the counter against the OS clock (~0.6 ms, once); where the
 /// counter is not usable (not invariant, as in some VMs), quanta falls back to the OS clock.
 ///
-/// Readings of async handlers that finish on their first poll come from this clock too. Only a
-/// handler still pending after its first poll also reads tokio's clock, once, for its timeout's
-/// deadline: that one follows paused time in tests, like every tokio timer.
+/// Async handlers are timed on tokio's clock instead, so that their timeouts follow paused time in
+/// tests like every tokio timer (the first dispatcher still calibrates this one).
 #[derive(Clone, Debug)]
 struct Stopwatch(quanta::Clock);
 
@@ -416,27 +415,32 @@ impl Dispatcher {
     ) {
         let base = self.context(event, attempt);
         let mut waiting = Vec::new();
-        // With isolation, the reading at which the previous handler (or its first poll) ended, which
-        // is when the next one starts: one clock read per handler instead of two, as in
-        // `deliver_sync`.
-        let mut clock = None;
+        // This thread's counts. The awaits inside the loop (first polls) never suspend, so the task
+        // stays on this thread until the loop ends; handlers still pending after it look their own up.
+        let tally = self.tally();
+        // With isolation, the reading at which the previous handler ended, which is when the next one
+        // starts: one clock read per handler instead of two, as in `deliver_sync`. Plain `fn` handlers
+        // chain stopwatch readings; async ones chain readings of tokio's clock, so that their timeouts
+        // follow paused time in tests like every tokio timer.
+        let (mut clock, mut async_clock) = (None, None);
         for (i, hook) in hooks.iter().enumerate() {
             if !called(i) {
                 self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
-                clock = None;
+                (clock, async_clock) = (None, None);
                 continue;
             }
             let mut ctx = base;
             self.prepare(&mut ctx, hook);
             let f = match hook.handler() {
                 Handler::Sync(_) => {
-                    // This thread's counts are looked up afresh: an await before may have moved the task.
-                    report(i, self.call_sync(self.tally(), i, hook, event, &ctx, &mut clock));
+                    async_clock = None;
+                    report(i, self.call_sync(tally, i, hook, event, &ctx, &mut clock));
                     continue;
                 }
                 Handler::Async(f) => f,
             };
-            let started = self.measuring().then(|| clock.take().unwrap_or_else(|| self.stopwatch.now()));
+            clock = None;
+            let started = self.measuring().then(|| async_clock.take().unwrap_or_else(tokio::time::Instant::now));
             let mut future = f(event, ctx);
             let first = match self.config.isolation {
                 Isolation::Off => Ok(futures::poll!(future.as_mut())),
@@ -449,15 +453,6 @@ impl Dispatcher {
             };
             let result = match first {
                 Ok(std::task::Poll::Pending) => {
-                    // The timeout runs on tokio's clock (paused time in tests), from the handler's
-                    // start: the first poll's time is taken off tokio's present.
-                    let started = started.map(|started| {
-                        let ended = self.stopwatch.now();
-                        clock = Some(ended);
-                        let first_poll = Duration::from_nanos(self.stopwatch.nanos(started, ended));
-                        let now = tokio::time::Instant::now();
-                        now.checked_sub(first_poll).unwrap_or(now)
-                    });
                     let finish = self.finish_async(i, hook, event, future, started, ctx.timeout);
                     waiting.push(async move { (i, finish.await) });
                     continue;
@@ -466,9 +461,13 @@ impl Dispatcher {
                 Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
             };
             if let Some(started) = started {
-                let ended = self.stopwatch.now();
-                self.add_nanos::<E>(self.tally(), i, self.stopwatch.nanos(started, ended));
-                clock = Some(ended);
+                let ended = tokio::time::Instant::now();
+                self.add_nanos::<E>(tally, i, nanos(ended - started));
+                async_clock = Some(ended);
+            }
+            if result.is_err() {
+                // A failure is logged before the next handler starts: that is not the next one's time.
+                async_clock = None;
             }
             report(i, self.settle(i, hook, event, result));
         }
@@ -497,7 +496,7 @@ impl Dispatcher {
                     Some(limit) => tokio::time::timeout_at(started + limit, future).await.map_err(|_| limit),
                     None => Ok(future.await),
                 };
-                self.add_nanos::<E>(self.tally(), index, started.elapsed().as_nanos() as u64);
+                self.add_nanos::<E>(self.tally(), index, nanos(started.elapsed()));
                 match result {
                     Err(limit) => Err(Failure::Timeout(limit)),
                     Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
@@ -699,8 +698,9 @@ impl Dispatcher {
 
     /// Calls a plain `fn` handler with a [prepared](Self::prepare) context; `Err` if it failed (already
     /// reported). With isolation, `clock` may hold the reading at which the call starts (taken by the
-    /// caller) and is left at the reading at which it ended; the time is counted in `tally`, which
-    /// must be this thread's.
+    /// caller) and is left at the reading at which it ended, or emptied if it failed (logging the
+    /// failure is not the next handler's time); the time is counted in `tally`, which must be this
+    /// thread's.
     fn call_sync<E: Event>(
         &self,
         tally: &Tally,
@@ -717,16 +717,18 @@ impl Dispatcher {
                 let started = clock.unwrap_or_else(|| self.stopwatch.now());
                 let result = catch_unwind(AssertUnwindSafe(|| f(event, ctx)));
                 let ended = self.stopwatch.now();
-                *clock = Some(ended);
                 let nanos = self.stopwatch.nanos(started, ended);
                 self.add_nanos::<E>(tally, index, nanos);
                 let elapsed = Duration::from_nanos(nanos);
-                match result {
+                let outcome = match result {
                     Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
                     Ok(Err(e)) => Err(Failure::Error(e)),
                     Ok(Ok(_)) if ctx.timeout.is_some_and(|t| elapsed > t) => Err(Failure::Timeout(elapsed)),
                     Ok(Ok(out)) => Ok(out),
-                }
+                };
+                // A failure is logged before the next handler starts, which is not that one's time.
+                *clock = outcome.is_ok().then_some(ended);
+                outcome
             }
         };
         self.settle(index, hook, event, result)
@@ -754,7 +756,7 @@ impl Dispatcher {
                     Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
                     None => Ok(fut.await),
                 };
-                self.add_nanos::<E>(self.tally(), index, started.elapsed().as_nanos() as u64);
+                self.add_nanos::<E>(self.tally(), index, nanos(started.elapsed()));
                 match result {
                     Err(limit) => Err(Failure::Timeout(limit)),
                     Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
@@ -805,6 +807,11 @@ impl Dispatcher {
         }
         failure
     }
+}
+
+/// A duration in whole nanoseconds, saturating (at 584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -175,25 +175,37 @@ struct Line<'a> {
 /// "chat_id":C`, as last written for each session. A session's later lines copy it instead of
 /// hex-encoding the id and escaping the two strings again: ~300 instructions a line, ~5 % of a
 /// replay. Direct-mapped on the id's low bits (sequential in a replay, random in `serve`), so it
-/// holds at most [`SESSION_SLOTS`] fragments. A fragment is used only when its id matches and its
-/// bytes hold the key's platform and chat id as they are (so events made up with a reused id, as in
-/// tests, are still written as they are); a key that needed escaping never matches and is written
-/// out every time.
+/// holds at most [`SESSION_SLOTS`] fragments. A fragment is used only when its id, platform and chat
+/// id are those of the line (so events made up with a reused id, as in tests, are still written as
+/// they are); otherwise the slot is written afresh.
 #[derive(Debug)]
 struct SessionFields {
-    slots: Box<[SessionSlot]>,
+    slots: Box<[Option<SessionSlot>]>,
 }
 
-/// A session id and its fields as written, or nothing yet.
-type SessionSlot = Option<(SessionId, Vec<u8>)>;
+/// One session's fragment, followed in the same buffer by the platform and chat id it was written
+/// from (unescaped, to compare with).
+#[derive(Debug)]
+struct SessionSlot {
+    id: SessionId,
+    /// Where the fragment ends and the platform starts.
+    fields_len: usize,
+    platform_len: usize,
+    bytes: Vec<u8>,
+}
+
+impl SessionSlot {
+    fn holds(&self, id: SessionId, key: &SessionKey) -> bool {
+        let (platform, chat_id) = (key.platform().as_bytes(), key.chat_id().as_bytes());
+        let (kept_platform, kept_chat_id) = self.bytes[self.fields_len..].split_at(self.platform_len);
+        self.id == id && kept_platform == platform && kept_chat_id == chat_id
+    }
+}
 
 /// Slots of [`SessionFields`]: more than the sessions a replay of the corpora has open at once (with
-/// 4,096, a third of the lines missed), ~2.5 MB when all are filled.
+/// 4,096, a third of the lines missed), ~3 MB when all are filled.
 const SESSION_SLOTS: usize = 16_384;
-
-const SESSION_ID: &[u8] = b",\"session_id\":";
-const PLATFORM: &[u8] = b",\"platform\":";
-const CHAT_ID: &[u8] = b",\"chat_id\":";
+const _: () = assert!(SESSION_SLOTS.is_power_of_two());
 
 impl Default for SessionFields {
     fn default() -> Self {
@@ -204,43 +216,34 @@ impl Default for SessionFields {
 impl SessionFields {
     /// Appends `,"session_id":…,"platform":…,"chat_id":…` for session `id` with key `key`.
     fn push(&mut self, buf: &mut Vec<u8>, id: SessionId, key: &SessionKey) {
-        let slot = &mut self.slots[(id.as_u128() % SESSION_SLOTS as u128) as usize];
-        match slot {
-            Some((known, fields)) if *known == id && holds(fields, key) => {}
+        let slot = &mut self.slots[id.as_u128() as usize & (SESSION_SLOTS - 1)];
+        let slot = match slot {
+            Some(known) if known.holds(id, key) => known,
             _ => {
                 // A slot's buffer is reused: once every slot was used, a miss allocates nothing.
-                let (_, mut fields) = slot.take().unwrap_or_else(|| (id, Vec::with_capacity(128)));
-                fields.clear();
-                write_session_fields(&mut fields, Some(id), key);
-                *slot = Some((id, fields));
+                let mut bytes = slot.take().map_or_else(|| Vec::with_capacity(160), |old| old.bytes);
+                bytes.clear();
+                write_session_fields(&mut bytes, Some(id), key);
+                let fields_len = bytes.len();
+                bytes.extend_from_slice(key.platform().as_bytes());
+                bytes.extend_from_slice(key.chat_id().as_bytes());
+                slot.insert(SessionSlot { id, fields_len, platform_len: key.platform().len(), bytes })
             }
-        }
-        buf.extend_from_slice(&slot.as_ref().expect("filled above").1);
+        };
+        buf.extend_from_slice(&slot.bytes[..slot.fields_len]);
     }
-}
-
-/// Whether `fields` (written by [`write_session_fields`] for some key) holds exactly `key`'s
-/// platform and chat id, unescaped: `…"platform":"P","chat_id":"C"`.
-fn holds(fields: &[u8], key: &SessionKey) -> bool {
-    let (platform, chat_id) = (key.platform().as_bytes(), key.chat_id().as_bytes());
-    // The quoted id is 38 bytes; each string adds its two quotes.
-    let at = SESSION_ID.len() + 38 + PLATFORM.len() + 1;
-    let chat_at = at + platform.len() + 1 + CHAT_ID.len() + 1;
-    fields.len() == chat_at + chat_id.len() + 1
-        && fields[at..at + platform.len()] == *platform
-        && fields[chat_at..chat_at + chat_id.len()] == *chat_id
 }
 
 /// `,"session_id":…,"platform":…,"chat_id":…`, written out.
 fn write_session_fields(buf: &mut Vec<u8>, id: Option<SessionId>, key: &SessionKey) {
-    buf.extend_from_slice(SESSION_ID);
+    buf.extend_from_slice(b",\"session_id\":");
     match id {
         Some(id) => push_id(buf, id.hyphenated_bytes()),
         None => buf.extend_from_slice(b"null"),
     }
-    buf.extend_from_slice(PLATFORM);
+    buf.extend_from_slice(b",\"platform\":");
     push_str(buf, key.platform());
-    buf.extend_from_slice(CHAT_ID);
+    buf.extend_from_slice(b",\"chat_id\":");
     push_str(buf, key.chat_id());
 }
 
@@ -416,13 +419,19 @@ mod tests {
         /// another key, a remembered fragment is exactly what writing it out gives.
         #[test]
         fn session_fields_are_what_writing_them_out_gives(
-            lines in proptest::collection::vec((0usize..4, 0usize..3), 1..60),
+            lines in proptest::collection::vec((0usize..4, 0usize..7), 1..80),
         ) {
             let ids = [1, 2, 1 + SESSION_SLOTS as u128, 2 + 7 * SESSION_SLOTS as u128].map(SessionId::from_u128);
+            // Pairs whose bytes line up: "a\"b" written escaped is the bytes of `a\"b`; ("ab", "x") and
+            // ("a", "\"x") split the same bytes differently around the quotes.
             let keys = [
                 SessionKey::chat("telegram", "-100123"),
                 SessionKey::chat("irc", "#ubuntu \"quoted\" and a long channel name"),
                 SessionKey::user("slack", "C01", "U02"),
+                SessionKey::chat("web", "a\"b"),
+                SessionKey::chat("web", "a\\\"b"),
+                SessionKey::chat("ab", "x"),
+                SessionKey::chat("a", "\"x"),
             ];
             let mut fields = SessionFields::default();
             for (id, key) in lines {
