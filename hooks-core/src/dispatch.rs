@@ -415,9 +415,10 @@ impl Dispatcher {
     ) {
         let base = self.context(event, attempt);
         let mut waiting = Vec::new();
-        // This thread's counts. The awaits inside the loop (first polls) never suspend, so the task
-        // stays on this thread until the loop ends; handlers still pending after it look their own up.
-        let tally = self.tally();
+        // This thread's counts of handler time (kept only with isolation). The awaits inside the loop
+        // (first polls) never suspend, so the task stays on this thread until the loop ends; handlers
+        // still pending after it look their own up.
+        let tally = if self.measuring() { self.tally() } else { &self.owner_tally };
         // With isolation, the reading at which the previous handler ended, which is when the next one
         // starts: one clock read per handler instead of two, as in `deliver_sync`. Plain `fn` handlers
         // chain stopwatch readings; async ones chain readings of tokio's clock, so that their timeouts
