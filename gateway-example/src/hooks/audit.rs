@@ -53,7 +53,10 @@ struct Sink {
     error: Option<String>,
 }
 
-const FLUSH_AT: usize = 1 << 16;
+/// 1 MiB: against 64 KiB, the kernel's time writing a replay's 359 MB events file went from ~0.27 to
+/// ~0.21 s (median of 8 alternating runs); a replay killed midway loses at most this much of the
+/// file's tail, and a durable replay flushes before it records deliveries anyway.
+const FLUSH_AT: usize = 1 << 20;
 
 impl Sink {
     fn flush(&mut self) -> io::Result<()> {
