@@ -52,15 +52,16 @@ use crate::context::{HookContext, HookError, State};
 use crate::event::{AnyEvent, Command, CommandDecision};
 use crate::registry::{EVENT_NAMES, Event, Handler, Hook, Registry};
 
-/// The clock that times handlers with isolation: `quanta`'s, read raw (the CPU's time stamp counter)
-/// and scaled to nanoseconds only for a difference, instead of `std`'s `clock_gettime`. Every isolated
-/// handler call takes one reading, and on the 2-core VM of docs/benchmarks.md a
-/// `std::time::Instant::now()` cost 39-56 ns against ~19 ns for the bare counter. The first
-/// dispatcher in a process calibrates the counter against the OS clock (~0.6 ms, once); where the
-/// counter is not usable (not invariant, as in some VMs), quanta falls back to the OS clock.
+/// The clock that times plain `fn` handlers with isolation: `quanta`'s, read raw (the CPU's time
+/// stamp counter) and scaled to nanoseconds only for a difference, instead of `std`'s
+/// `clock_gettime`. Every isolated handler call takes one reading, and on the 2-core VM of
+/// docs/benchmarks.md a `std::time::Instant::now()` cost 39-56 ns against ~19 ns for the bare
+/// counter. Making the first dispatcher in a process calibrates the counter against the OS clock
+/// (~0.6 ms, once, whatever the isolation); where the counter is not usable (not invariant, as in
+/// some VMs), quanta falls back to the OS clock.
 ///
 /// Async handlers are timed on tokio's clock instead, so that their timeouts follow paused time in
-/// tests like every tokio timer (the first dispatcher still calibrates this one).
+/// tests like every tokio timer.
 #[derive(Clone, Debug)]
 struct Stopwatch(quanta::Clock);
 
