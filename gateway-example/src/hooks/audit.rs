@@ -15,7 +15,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Mutex;
 
 use hooks_core::event::{EventId, SessionId, SessionKey, TurnOutcome};
 use hooks_core::prelude::*;
@@ -37,8 +36,16 @@ pub enum AuditLevel {
 #[derive(Debug)]
 pub struct AuditLog {
     level: AuditLevel,
-    sink: Mutex<Sink>,
+    sink: SinkLock,
 }
+
+/// The lock around the events file's [`Sink`]: taking it is one locked instruction and releasing it
+/// a plain store, where `std::sync::Mutex` needs a locked instruction for each (~15 ns apiece on the
+/// VM of docs/benchmarks.md, and the hooks take it once per event). A thread that finds it held
+/// yields its time slice until it is free rather than sleeping on a futex: it is held only to
+/// append a line, and in `serve` also to write that line to the file. A hook that panics while
+/// holding it (it cannot: appending bytes does not panic) would release it as its guard unwinds.
+type SinkLock = spin::mutex::SpinMutex<Sink, spin::relax::Yield>;
 
 /// Lines are formatted straight into `buf`, which goes to the file when it passes [`FLUSH_AT`] bytes
 /// (or after every line with `flush_each`): one copy per line, from `buf` to the kernel.
@@ -109,7 +116,7 @@ impl AuditLog {
             flush_each,
             error: None,
         };
-        Self { level, sink: Mutex::new(sink) }
+        Self { level, sink: SinkLock::new(sink) }
     }
 
     /// The number of lines written so far.
@@ -144,10 +151,8 @@ impl AuditLog {
         Ok(sink.lines)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Sink> {
-        // The lock is held only while appending bytes to the buffer and writing it out, which do not
-        // panic; a poisoned lock therefore guards a consistent buffer.
-        self.sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> spin::mutex::SpinMutexGuard<'_, Sink, spin::relax::Yield> {
+        self.sink.lock()
     }
 
     fn write(&self, all_only: bool, fill: impl FnOnce(&mut Line<'_>)) -> Result<(), HookError> {
@@ -456,6 +461,45 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(value["session_id"], SessionId::from_u128(7).to_string());
         assert_eq!((value["platform"].as_str(), value["chat_id"].as_str()), (Some("web"), Some("a\"b")));
+    }
+
+    #[test]
+    fn lines_written_from_many_threads_at_once_stay_whole() {
+        // As in `serve`: appending, each line written to the file while the lock is held.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let log = AuditLog::append(&path, AuditLevel::All).unwrap();
+        let (threads, per_thread) = (8u128, 500u128);
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let log = &log;
+                scope.spawn(move || {
+                    for i in 0..per_thread {
+                        let id = SessionId::from_u128(t * per_thread + i);
+                        let key = SessionKey::user("test", format!("chat {t}"), format!("user {i}"));
+                        log.write(false, |line| {
+                            head(line, "session_start", EventId::from_u128(t));
+                            fields_session(line, Some(id), &key);
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(log.finish().unwrap(), (threads * per_thread) as u64);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut seen: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                value["session_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        seen.sort();
+        let mut expected: Vec<String> =
+            (0..threads * per_thread).map(|n| SessionId::from_u128(n).to_string()).collect();
+        expected.sort();
+        assert_eq!(seen, expected);
     }
 
     #[test]
