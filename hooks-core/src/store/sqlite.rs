@@ -396,15 +396,16 @@ impl SqliteStore {
     }
 
     fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
-        // A session database is never empty on disk (the schema is written before WAL is switched on),
-        // so an empty file is one that was truncated: refuse it rather than start over in it.
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.len() == 0
-        {
-            return Err(corrupt(path, "the file is empty (truncated?)"));
+        match std::fs::metadata(path) {
+            // A session database is never empty on disk (a new one is made under another name and
+            // renamed into place once its schema is written, see `create`), so an empty file is one
+            // that was truncated: refuse it rather than start over in it.
+            Ok(meta) if meta.len() == 0 => return Err(corrupt(path, "the file is empty (truncated?)")),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path)?,
+            Err(_) => {} // opening it will say what is wrong
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+        let conn = Connection::open_with_flags(path, Self::FLAGS).map_err(|e| open_error(path, e))?;
         if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
             return Err(StoreError::ReadOnly { detail: format!("{} can only be opened read-only", path.display()) });
         }
@@ -427,13 +428,7 @@ impl SqliteStore {
                 return Err(corrupt(path, "a SQLite database with tables but no session schema version"));
             }
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
-            let to = i as i64 + 1;
-            let tx = conn.unchecked_transaction().map_err(classify)?;
-            tx.execute_batch(sql).map_err(classify)?;
-            tx.pragma_update(None, "user_version", to).map_err(classify)?;
-            tx.commit().map_err(classify)?;
-        }
+        migrate(&conn, version)?;
         let mode: String =
             conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -455,6 +450,35 @@ impl SqliteStore {
                 conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| r.get(0)).map_err(classify)?;
         }
         Ok(conn)
+    }
+
+    const FLAGS: OpenFlags =
+        OpenFlags::SQLITE_OPEN_READ_WRITE.union(OpenFlags::SQLITE_OPEN_CREATE).union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
+
+    /// Makes a new session database at `path`, which does not exist: under a temporary name in the
+    /// same directory first (`.NAME.PID.new`), linked into place once its schema is committed. A
+    /// process killed while creating it (between SQLite creating the file and writing its first page)
+    /// used to leave an empty file at `path`, which the next start refused as truncated; now it
+    /// leaves at most the temporary file, which the next creation by the same process id replaces.
+    /// If another process created `path` meanwhile, its database is kept and this one dropped.
+    fn create(path: &Path) -> Result<(), StoreError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temp = path.with_file_name(format!(".{name}.{}.new", std::process::id()));
+        let _ = std::fs::remove_file(&temp);
+        let made = (|| {
+            let conn = Connection::open_with_flags(&temp, Self::FLAGS).map_err(|e| open_error(&temp, e))?;
+            migrate(&conn, 0)?;
+            conn.close().map_err(|(_, e)| classify(e))?;
+            // A hard link fails if `path` exists (a rename would replace it); where the file system
+            // has no hard links, a rename.
+            match std::fs::hard_link(&temp, path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(_) => std::fs::rename(&temp, path).map_err(|e| StoreError::Backend(Box::new(e))),
+            }
+        })();
+        let _ = std::fs::remove_file(&temp);
+        made
     }
 
     /// Runs `f` on the writer thread inside the current group transaction; answers after the commit.
@@ -612,6 +636,18 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Brings a database at schema version `version` to the current one, a transaction per step.
+fn migrate(conn: &Connection, version: i64) -> Result<(), StoreError> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+        let to = i as i64 + 1;
+        let tx = conn.unchecked_transaction().map_err(classify)?;
+        tx.execute_batch(sql).map_err(classify)?;
+        tx.pragma_update(None, "user_version", to).map_err(classify)?;
+        tx.commit().map_err(classify)?;
+    }
+    Ok(())
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {

@@ -246,6 +246,27 @@ fn damaged_empty_and_foreign_files_are_refused_and_left_untouched() {
 }
 
 #[test]
+fn a_new_database_appears_whole_and_leaves_no_temporary_file() {
+    let dir = Dir::new("create");
+    // What a process killed while creating the database with this process id left behind.
+    let leftover = dir.0.join(format!(".sessions.sqlite3.{}.new", std::process::id()));
+    std::fs::write(&leftover, b"half made").unwrap();
+    rt().block_on(async {
+        let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+        store.open(&start(1, "chat", None)).await.unwrap();
+    });
+    let names: Vec<String> =
+        std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.ends_with(".new")), "{names:?}");
+    let version: i64 = Connection::open(dir.db()).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    // And it opens again with its session.
+    let store = SqliteStore::open(dir.db(), SqliteOptions::default()).unwrap();
+    let recovery = rt().block_on(store.recover()).unwrap();
+    assert_eq!(recovery.sessions.len(), 1);
+}
+
+#[test]
 fn a_full_store_fails_the_write_and_keeps_what_was_committed() {
     let dir = Dir::new("full");
     rt().block_on(async {
