@@ -148,6 +148,12 @@ impl Tally {
     fn add(counter: &AtomicU64, n: u64) {
         counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
+
+    /// Counts `nanos` against handler `index` of `E`; this must be the calling thread's tally.
+    #[inline]
+    fn add_nanos<E: Event>(&self, index: usize, nanos: u64) {
+        Self::add(&self.nanos[E::INDEX][index], nanos);
+    }
 }
 
 /// What happened to one handler call that did not succeed.
@@ -416,10 +422,9 @@ impl Dispatcher {
     ) {
         let base = self.context(event, attempt);
         let mut waiting = Vec::new();
-        // This thread's counts of handler time (kept only with isolation). The awaits inside the loop
-        // (first polls) never suspend, so the task stays on this thread until the loop ends; handlers
-        // still pending after it look their own up.
-        let tally = if self.measuring() { self.tally() } else { &self.owner_tally };
+        // This thread's counts. The awaits inside the loop (first polls) never suspend, so the task
+        // stays on this thread until the loop ends; handlers still pending after it look their own up.
+        let tally = self.tally();
         // With isolation, the reading at which the previous handler ended, which is when the next one
         // starts: one clock read per handler instead of two, as in `deliver_sync`. Plain `fn` handlers
         // chain stopwatch readings; async ones chain readings of tokio's clock, so that their timeouts
@@ -464,7 +469,7 @@ impl Dispatcher {
             };
             if let Some(started) = started {
                 let ended = tokio::time::Instant::now();
-                self.add_nanos::<E>(tally, i, nanos(ended - started));
+                tally.add_nanos::<E>(i, nanos(ended - started));
                 async_clock = Some(ended);
             }
             if result.is_err() {
@@ -498,7 +503,7 @@ impl Dispatcher {
                     Some(limit) => tokio::time::timeout_at(started + limit, future).await.map_err(|_| limit),
                     None => Ok(future.await),
                 };
-                self.add_nanos::<E>(self.tally(), index, nanos(started.elapsed()));
+                self.tally().add_nanos::<E>(index, nanos(started.elapsed()));
                 match result {
                     Err(limit) => Err(Failure::Timeout(limit)),
                     Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
@@ -682,12 +687,6 @@ impl Dispatcher {
         tally
     }
 
-    /// Counts `nanos` against handler `index` of `E` in `tally`, which must be this thread's.
-    #[inline]
-    fn add_nanos<E: Event>(&self, tally: &Tally, index: usize, nanos: u64) {
-        Tally::add(&tally.nanos[E::INDEX][index], nanos);
-    }
-
     fn measuring(&self) -> bool {
         self.config.isolation == Isolation::Contained
     }
@@ -720,7 +719,7 @@ impl Dispatcher {
                 let result = catch_unwind(AssertUnwindSafe(|| f(event, ctx)));
                 let ended = self.stopwatch.now();
                 let nanos = self.stopwatch.nanos(started, ended);
-                self.add_nanos::<E>(tally, index, nanos);
+                tally.add_nanos::<E>(index, nanos);
                 let elapsed = Duration::from_nanos(nanos);
                 let outcome = match result {
                     Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
@@ -758,7 +757,7 @@ impl Dispatcher {
                     Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
                     None => Ok(fut.await),
                 };
-                self.add_nanos::<E>(self.tally(), index, nanos(started.elapsed()));
+                self.tally().add_nanos::<E>(index, nanos(started.elapsed()));
                 match result {
                     Err(limit) => Err(Failure::Timeout(limit)),
                     Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),

@@ -121,7 +121,7 @@ impl AuditLog {
 
     /// The number of lines written so far.
     pub fn lines(&self) -> u64 {
-        self.lock().lines
+        self.sink.lock().lines
     }
 
     /// Writes the buffered lines to the file (to the kernel: they survive the process, not a power
@@ -132,7 +132,7 @@ impl AuditLog {
     ///
     /// The write failed (the error is also kept for [`finish`](Self::finish)).
     pub fn flush(&self) -> io::Result<()> {
-        let mut sink = self.lock();
+        let mut sink = self.sink.lock();
         if sink.buf.is_empty() { Ok(()) } else { sink.flush() }
     }
 
@@ -142,7 +142,7 @@ impl AuditLog {
     ///
     /// The first write error of any earlier line (so a lost line is never silent), or the flush's own.
     pub fn finish(&self) -> io::Result<u64> {
-        let mut sink = self.lock();
+        let mut sink = self.sink.lock();
         let flushed = sink.flush();
         if let Some(e) = sink.error.take() {
             return Err(io::Error::other(format!("writing the events file failed: {e}")));
@@ -151,15 +151,11 @@ impl AuditLog {
         Ok(sink.lines)
     }
 
-    fn lock(&self) -> spin::mutex::SpinMutexGuard<'_, Sink, spin::relax::Yield> {
-        self.sink.lock()
-    }
-
     fn write(&self, all_only: bool, fill: impl FnOnce(&mut Line<'_>)) -> Result<(), HookError> {
         if all_only && self.level != AuditLevel::All {
             return Ok(());
         }
-        let mut sink = self.lock();
+        let mut sink = self.sink.lock();
         let sink = &mut *sink;
         fill(&mut Line { buf: &mut sink.buf, dates: &mut sink.dates, sessions: &mut sink.sessions });
         sink.buf.extend_from_slice(b"}\n");
@@ -245,10 +241,7 @@ impl SessionFields {
 /// `,"session_id":…,"platform":…,"chat_id":…`, written out.
 fn write_session_fields(buf: &mut Vec<u8>, id: Option<SessionId>, key: &SessionKey) {
     buf.extend_from_slice(b",\"session_id\":");
-    match id {
-        Some(id) => push_id(buf, id.hyphenated_bytes()),
-        None => buf.extend_from_slice(b"null"),
-    }
+    push_session_id(buf, id);
     buf.extend_from_slice(b",\"platform\":");
     push_str(buf, key.platform());
     buf.extend_from_slice(b",\"chat_id\":");
@@ -283,9 +276,15 @@ fn field_str(line: &mut Line<'_>, key: &str, value: &str) {
 fn field_id(line: &mut Line<'_>, key: &str, id: Option<SessionId>) {
     line.buf.push(b',');
     push_key(line.buf, key);
+    push_session_id(line.buf, id);
+}
+
+/// A quoted session id, or `null`.
+#[inline(always)]
+fn push_session_id(buf: &mut Vec<u8>, id: Option<SessionId>) {
     match id {
-        Some(id) => push_id(line.buf, id.hyphenated_bytes()),
-        None => line.buf.extend_from_slice(b"null"),
+        Some(id) => push_id(buf, id.hyphenated_bytes()),
+        None => buf.extend_from_slice(b"null"),
     }
 }
 

@@ -398,7 +398,7 @@ impl SqliteStore {
     fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
         match std::fs::metadata(path) {
             // A session database is never empty on disk (a new one is made under another name and
-            // renamed into place once its schema is written, see `create`), so an empty file is one
+            // linked into place once its schema is written, see `create`), so an empty file is one
             // that was truncated: refuse it rather than start over in it.
             Ok(meta) if meta.len() == 0 => return Err(corrupt(path, "the file is empty (truncated?)")),
             Ok(_) => {}
