@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Dispatch benchmark, repeated: runs `cargo bench -p hooks-core --bench dispatch` RUNS times and prints,
+"""Dispatch benchmark, repeated: runs `cargo bench -p hooks-core --bench dispatch` (and `--bench
+dispatch_mimalloc`, the async cases with mimalloc as the allocator) RUNS times and prints,
 for every case, the median over the runs of criterion's median time per event, with the lowest and
 highest run, and the figures the goals are stated in (docs/benchmarks.md):
 
@@ -19,15 +20,17 @@ target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
 PYTHON_NS = {1: 400.0, 10: 1500.0, 100: 12000.0}
 NS = [1, 10, 100]
 LABELS = ["direct", "no_isolation", "isolated"]
+KINDS = ["sync", "async", "async_mimalloc"]
 
 samples = {}
 for run in range(runs):
-    subprocess.run(
-        ["cargo", "bench", "-q", "-p", "hooks-core", "--bench", "dispatch", "--",
-         "--warm-up-time", "1", "--measurement-time", "2", "--noplot"],
-        cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    for kind in ["sync", "async"]:
+    for bench in ["dispatch", "dispatch_mimalloc"]:
+        subprocess.run(
+            ["cargo", "bench", "-q", "-p", "hooks-core", "--bench", bench, "--",
+             "--warm-up-time", "1", "--measurement-time", "2", "--noplot"],
+            cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    for kind in KINDS:
         for label in LABELS:
             for n in NS:
                 path = os.path.join(target, "criterion", f"dispatch_{kind}", label, str(n), "new", "estimates.json")
@@ -39,7 +42,7 @@ med = {k: statistics.median(v) for k, v in samples.items()}
 print(f"median of {runs} runs of criterion's median, ns per event (lowest-highest run)\n")
 print("| handlers | N | direct | no isolation | isolated |")
 print("|---|---:|---:|---:|---:|")
-for kind in ["sync", "async"]:
+for kind in KINDS:
     for n in NS:
         def ns(x):  # one decimal below 100 ns, where it matters
             return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
@@ -50,7 +53,7 @@ for n in NS:
     d, off, iso = (med[("sync", l, n)] for l in LABELS)
     print(f"sync N={n}: {off / d:.2f}x direct; isolation {(iso - off) / n:.0f} ns/handler; "
           f"Python/ours {PYTHON_NS[n] / off:.1f}x (no isolation), {PYTHON_NS[n] / iso:.1f}x (isolated)")
-for n in NS:
-    d, off, iso = (med[("async", l, n)] for l in LABELS)
-    print(f"async N={n}: {(off - d) / n:.1f} ns/handler above direct awaits; isolation {(iso - off) / n:.0f} ns/handler; "
+for kind, n in [(kind, n) for kind in KINDS[1:] for n in NS]:
+    d, off, iso = (med[(kind, l, n)] for l in LABELS)
+    print(f"{kind} N={n}: {(off - d) / n:.1f} ns/handler above direct awaits; isolation {(iso - off) / n:.0f} ns/handler; "
           f"Python/ours {PYTHON_NS[n] / off:.1f}x (no isolation), {PYTHON_NS[n] / iso:.1f}x (isolated)")

@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release -p hooks-core --example dispatch_ops
-//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*dispatch_ops::measured*' \
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*::measured_*' \
 //!     target/release/examples/dispatch_ops sync off 1 1000000
 //! ```
 //!
@@ -51,7 +51,7 @@ fn measured_direct(rt: &Runtime, is_async: bool, n: usize, ev: &MessageReceived,
     });
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [kind, mode, n, events] = args.as_slice() else {
         eprintln!("usage: dispatch_ops sync|async direct|off|contained N EVENTS");

@@ -341,8 +341,10 @@ impl Dispatcher {
     }
 
     /// Delivers `event` to every handler of its type (first delivery attempt).
-    pub async fn deliver<E: Event<Output = ()>>(&self, event: &E) -> Delivery {
-        self.deliver_attempt(event, 1).await
+    ///
+    /// The future is [`deliver_attempt`](Self::deliver_attempt)'s own (no wrapper around it).
+    pub fn deliver<'a, E: Event<Output = ()>>(&'a self, event: &'a E) -> impl Future<Output = Delivery> + 'a {
+        self.deliver_attempt(event, 1)
     }
 
     /// Delivers `event` as delivery attempt `attempt` (2 or more when an outbox re-delivers it).
@@ -355,7 +357,7 @@ impl Dispatcher {
         if list.all_sync() {
             self.deliver_sync(tally, hooks, event, attempt, |_| true, count);
         } else {
-            self.deliver_mixed(hooks, event, attempt, |_| true, count).await;
+            self.deliver_mixed(tally, hooks, event, attempt, |_| true, count).await;
         }
         Delivery { handlers: hooks.len(), failed }
     }
@@ -411,20 +413,45 @@ impl Dispatcher {
     /// finish on their first poll, so the common case allocates nothing beyond each handler's own
     /// future (which holds its context). Only handlers for which `called` holds are called (the others
     /// are counted as not called); `report` hears each one's result (already logged and counted),
-    /// pending ones last.
+    /// pending ones last. `tally` is this thread's.
     async fn deliver_mixed<E: Event>(
         &self,
+        tally: &Tally,
         hooks: &[Hook<E>],
         event: &E,
         attempt: u32,
         called: impl Fn(usize) -> bool,
         mut report: impl FnMut(usize, Result<E::Output, Failure>),
     ) {
+        // Every first poll happens within one poll of this future, in a plain loop (no await in it:
+        // nothing to save across suspension points, and the task cannot move to another thread, so
+        // `tally` stays this thread's).
+        let waiting = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(self.start_all(cx, tally, hooks, event, attempt, &called, &mut report))
+        })
+        .await;
+        if !waiting.is_empty() {
+            for (i, result) in futures::future::join_all(waiting).await {
+                report(i, result);
+            }
+        }
+    }
+
+    /// The loop of [`deliver_mixed`](Self::deliver_mixed): runs each plain handler and polls each
+    /// async one once with `cx`; returns the async ones still pending, each waiting for its end.
+    #[allow(clippy::too_many_arguments)]
+    fn start_all<'a, E: Event, C: Fn(usize) -> bool, R: FnMut(usize, Result<E::Output, Failure>)>(
+        &'a self,
+        cx: &mut std::task::Context<'_>,
+        tally: &Tally,
+        hooks: &'a [Hook<E>],
+        event: &'a E,
+        attempt: u32,
+        called: &C,
+        report: &mut R,
+    ) -> Vec<impl Future<Output = (usize, Result<E::Output, Failure>)> + use<'a, E, C, R>> {
         let base = self.context(event, attempt);
         let mut waiting = Vec::new();
-        // This thread's counts. The awaits inside the loop (first polls) never suspend, so the task
-        // stays on this thread until the loop ends; handlers still pending after it look their own up.
-        let tally = self.tally();
         // With isolation, the reading at which the previous handler ended, which is when the next one
         // starts: one clock read per handler instead of two, as in `deliver_sync`. Plain `fn` handlers
         // chain stopwatch readings; async ones chain readings of tokio's clock, so that their timeouts
@@ -450,13 +477,8 @@ impl Dispatcher {
             let started = self.measuring().then(|| async_clock.take().unwrap_or_else(tokio::time::Instant::now));
             let mut future = f(event, ctx);
             let first = match self.config.isolation {
-                Isolation::Off => Ok(futures::poll!(future.as_mut())),
-                Isolation::Contained => {
-                    std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))))
-                    })
-                    .await
-                }
+                Isolation::Off => Ok(future.as_mut().poll(cx)),
+                Isolation::Contained => catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))),
             };
             let result = match first {
                 Ok(std::task::Poll::Pending) => {
@@ -478,11 +500,7 @@ impl Dispatcher {
             }
             report(i, self.settle(i, hook, event, result));
         }
-        if !waiting.is_empty() {
-            for (i, result) in futures::future::join_all(waiting).await {
-                report(i, result);
-            }
-        }
+        waiting
     }
 
     /// Waits for an async handler that was pending on its first poll, until its timeout counted from
@@ -556,7 +574,7 @@ impl Dispatcher {
         if list.all_sync() {
             self.deliver_sync(tally, list.as_slice(), event, attempt, called, report);
         } else {
-            self.deliver_mixed(list.as_slice(), event, attempt, called, report).await;
+            self.deliver_mixed(tally, list.as_slice(), event, attempt, called, report).await;
         }
         out.into_iter().flatten().collect()
     }
