@@ -212,6 +212,20 @@ pub fn push_id(buf: &mut Vec<u8>, id: [u8; 36]) {
 
 /// Appends an unsigned integer in decimal.
 pub fn push_u64(buf: &mut Vec<u8>, n: u64) {
+    // Below 10,000 (the audit's counts and lengths): digits from the two-digit table, appended at a
+    // constant length per case. (The general loop ends in a variable-length copy, a `memcpy` call
+    // that costs more than the digits: ~70 instructions for a 2-digit number, against ~15 here.)
+    if n < 10_000 {
+        let n = n as usize;
+        let (hi, lo) = (TWO_DIGITS[n / 100], TWO_DIGITS[n % 100]);
+        match n {
+            0..10 => buf.push(lo[1]),
+            10..100 => buf.extend_from_slice(&lo),
+            100..1000 => buf.extend_from_slice(&[hi[1], lo[0], lo[1]]),
+            _ => buf.extend_from_slice(&[hi[0], hi[1], lo[0], lo[1]]),
+        }
+        return;
+    }
     let mut tmp = [0u8; 20];
     let mut i = tmp.len();
     let mut n = n;
@@ -353,10 +367,15 @@ mod tests {
 
     #[test]
     fn integers_are_decimal() {
-        let mut buf = Vec::new();
-        push_u64(&mut buf, 0);
-        buf.push(b' ');
-        push_u64(&mut buf, u64::MAX);
-        assert_eq!(String::from_utf8(buf).unwrap(), format!("0 {}", u64::MAX));
+        // Every number up to 100,000 (each length of the table path and the loop beyond it), then
+        // every power of ten and its neighbours, and the extremes; each after other text.
+        let mut numbers: Vec<u64> = (0..100_000).collect();
+        numbers.extend((5..20).flat_map(|e| [10u64.pow(e) - 1, 10u64.pow(e), 10u64.pow(e) + 1]));
+        numbers.push(u64::MAX);
+        for n in numbers {
+            let mut buf = b"x".to_vec();
+            push_u64(&mut buf, n);
+            assert_eq!(String::from_utf8(buf).unwrap(), format!("x{n}"));
+        }
     }
 }
