@@ -1,7 +1,7 @@
 //! The async cases of `benches/dispatch.rs` with mimalloc as the global allocator, as
 //! `gateway-example` runs. Each call of an async handler allocates its boxed future and frees it
 //! (the one allocation a dispatch makes); with glibc's `malloc` that pair is ~140 instructions, with
-//! mimalloc's ~40. Sync handlers allocate nothing, so they are not repeated here.
+//! mimalloc's ~55. Sync handlers allocate nothing, so they are not repeated here.
 //!
 //! Run: `cargo bench -p hooks-core --bench dispatch_mimalloc` (groups `dispatch_async_mimalloc`).
 //! Results: docs/benchmarks.md.
