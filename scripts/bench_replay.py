@@ -4,6 +4,8 @@ input of real chat traffic, with the audit hook writing the events file.
 
 Usage: python3 scripts/bench_replay.py [RECORDS] [RUNS] [-- extra replay flags]
 Defaults: 1,000,000 records, 5 runs. Prints each run and the median; see docs/benchmarks.md.
+The binary is built with the `dist` profile (release with fat LTO, see Cargo.toml); set
+BENCH_PROFILE=release to measure the plain release build instead.
 """
 import os, statistics, subprocess, sys, tempfile, time
 
@@ -14,13 +16,14 @@ args = args[: args.index("--")] if "--" in args else args
 records = int(args[0]) if args else 1_000_000
 runs = int(args[1]) if len(args) > 1 else 5
 
-subprocess.run(["cargo", "build", "--release", "-q", "-p", "gateway-example", "--bin", "gateway-example", "--example", "tile_corpus"], cwd=root, check=True)
+profile = os.environ.get("BENCH_PROFILE", "dist")
+subprocess.run(["cargo", "build", "--profile", profile, "-q", "-p", "gateway-example", "--bin", "gateway-example", "--example", "tile_corpus"], cwd=root, check=True)
 target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
-binary = os.path.join(target, "release", "gateway-example")
+binary = os.path.join(target, profile, "gateway-example")
 with tempfile.TemporaryDirectory() as tmp:
     tiled = os.path.join(tmp, "tiled.jsonl")
     with open(tiled, "w") as f:
-        subprocess.run([os.path.join(target, "release", "examples", "tile_corpus"), str(records)], stdout=f, check=True)
+        subprocess.run([os.path.join(target, profile, "examples", "tile_corpus"), str(records)], stdout=f, check=True)
     rates, rss = [], []
     for i in range(runs):
         summary = os.path.join(tmp, "summary.txt")
