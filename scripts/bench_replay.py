@@ -19,11 +19,12 @@ runs = int(args[1]) if len(args) > 1 else 5
 profile = os.environ.get("BENCH_PROFILE", "dist")
 subprocess.run(["cargo", "build", "--profile", profile, "-q", "-p", "gateway-example", "--bin", "gateway-example", "--example", "tile_corpus"], cwd=root, check=True)
 target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
-binary = os.path.join(target, profile, "gateway-example")
+out_dir = {"dev": "debug", "test": "debug", "bench": "release"}.get(profile, profile)  # cargo's folder
+binary = os.path.join(target, out_dir, "gateway-example")
 with tempfile.TemporaryDirectory() as tmp:
     tiled = os.path.join(tmp, "tiled.jsonl")
     with open(tiled, "w") as f:
-        subprocess.run([os.path.join(target, profile, "examples", "tile_corpus"), str(records)], stdout=f, check=True)
+        subprocess.run([os.path.join(target, out_dir, "examples", "tile_corpus"), str(records)], stdout=f, check=True)
     rates, rss = [], []
     for i in range(runs):
         summary = os.path.join(tmp, "summary.txt")

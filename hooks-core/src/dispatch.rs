@@ -696,8 +696,8 @@ impl Dispatcher {
         self.tallies.get_or(|| Tally::new(&self.handlers))
     }
 
-    /// Counts a delivery of `E`; returns this thread's counts, good until the next await (a task may
-    /// move to another thread at an await).
+    /// Counts a delivery of `E`; returns this thread's counts, good until the next await that can
+    /// suspend (a task may move to another thread there; `deliver_mixed`'s `poll_fn` cannot suspend).
     #[inline]
     fn delivered<E: Event>(&self) -> &Tally {
         let tally = self.tally();
