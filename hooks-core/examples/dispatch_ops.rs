@@ -1,6 +1,6 @@
-//! The loops of `benches/dispatch.rs`, one at a time, for counting instructions per event under
-//! callgrind: instruction counts do not move with the machine's load, so they show what a change to
-//! the dispatcher did when the wall clock is too noisy to tell.
+//! The loops of the dispatch benchmark (`benches/support/dispatch_bench.rs`), one at a time, for
+//! counting instructions per event under callgrind: instruction counts do not move with the machine's
+//! load, so they show what a change to the dispatcher did when the wall clock is too noisy to tell.
 //!
 //! ```sh
 //! cargo build --release -p hooks-core --example dispatch_ops

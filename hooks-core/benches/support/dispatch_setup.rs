@@ -1,6 +1,7 @@
-//! The dispatch benchmark's set-up, shared by `benches/dispatch.rs` (criterion) and
-//! `examples/dispatch_ops.rs` (callgrind), so that both measure the same dispatcher: N no-op handlers,
-//! each calling an `#[inline(never)]` function, registered as `#[hook]` would register them.
+//! The dispatch benchmark's set-up, shared by `benches/dispatch.rs` and `benches/dispatch_mimalloc.rs`
+//! (criterion) and `examples/dispatch_ops.rs` (callgrind), so that all measure the same dispatcher: N
+//! no-op handlers, each calling an `#[inline(never)]` function, registered as `#[hook]` would register
+//! them.
 
 use std::hint::black_box;
 
