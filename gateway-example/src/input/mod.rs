@@ -84,7 +84,13 @@ impl LineError {
 /// Whether `text` goes to the command hooks first: after leading white space it starts with `/`.
 /// (Which commands reset a session is the lifecycle's rule, `lifecycle::parse_reset_command`.)
 pub fn is_command(text: &str) -> bool {
-    text.trim_start().starts_with('/')
+    match text.as_bytes().first() {
+        Some(b'/') => true,
+        // ASCII white space (as `char::is_whitespace` has it: space and `\t` to `\r`) needs the
+        // general trim; any other ASCII character is not a command (~30 instructions a message).
+        Some(&b) if b.is_ascii() && !matches!(b, b' ' | b'\t'..=b'\r') => false,
+        _ => text.trim_start().starts_with('/'),
+    }
 }
 
 /// Parses one line (without its line terminator).
@@ -354,6 +360,18 @@ mod tests {
 
     fn error(line: &str) -> LineError {
         parse_line(line.as_bytes()).expect_err(line)
+    }
+
+    /// The first-byte shortcut agrees with the general rule for every ASCII first character, and for
+    /// texts that start with non-ASCII white space or not.
+    #[test]
+    fn is_command_is_trim_then_slash() {
+        let mut texts: Vec<String> =
+            (0u8..0x80).flat_map(|b| [format!("{}/new", b as char), (b as char).to_string()]).collect();
+        texts.extend(["\u{3000}/new", "\u{a0}x", "é/", "\u{85}/", "\u{200b}/new", ""].map(String::from));
+        for text in &texts {
+            assert_eq!(is_command(text), text.trim_start().starts_with('/'), "{text:?}");
+        }
     }
 
     #[test]

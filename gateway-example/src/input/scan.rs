@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use jiff::Timestamp;
 
 use super::Record;
-use crate::jsonl::first_escape;
+use crate::jsonl::first_escape_long;
 
 /// The record of a flat chat-record line, or `None` when the serde path must decide. `text` is the
 /// whole line, already known to be UTF-8.
@@ -173,7 +173,7 @@ impl<'a> Scanner<'a> {
     /// stops are ASCII, so the run's ends are character boundaries.)
     #[inline(always)] // into `string`, where the common case is one run to the closing quote
     fn run(&mut self) -> Option<(usize, Stop)> {
-        let end = self.at + first_escape(&self.bytes[self.at..])?;
+        let end = self.at + first_escape_long(&self.bytes[self.at..])?;
         self.at = end + 1;
         match self.bytes[end] {
             b'"' => Some((end, Stop::Quote)),
