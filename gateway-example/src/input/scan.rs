@@ -42,15 +42,17 @@ pub(super) fn chat_record(text: &str) -> Option<Record<'_>> {
         s.eat(b':')?;
         s.skip_ws();
         match key {
-            "ts" if ts.is_none() => ts = Some(s.timestamp()?),
-            "ts" => return None, // a duplicate
-            "chat_id" => s.field(&mut chat_id)?,
-            "user_id" => s.field(&mut user_id)?,
-            "text" => s.field(&mut body)?,
-            "platform" => s.field(&mut platform)?,
+            Key::Ts if ts.is_none() => ts = Some(s.timestamp()?),
+            Key::Ts => return None, // a duplicate
+            Key::ChatId => s.field(&mut chat_id)?,
+            Key::UserId => s.field(&mut user_id)?,
+            Key::Text => s.field(&mut body)?,
+            Key::Platform => s.field(&mut platform)?,
             // The Update's fields: the serde path handles Updates (and their lenient `null`s).
-            "update_id" | "message" | "edited_message" | "channel_post" | "edited_channel_post" => return None,
-            _ => s.skip_value()?,
+            Key::Other("update_id" | "message" | "edited_message" | "channel_post" | "edited_channel_post") => {
+                return None;
+            }
+            Key::Other(_) => s.skip_value()?,
         }
         s.skip_ws();
         match s.next()? {
@@ -70,6 +72,17 @@ pub(super) fn chat_record(text: &str) -> Option<Record<'_>> {
         user_id: user_id?,
         text: body?,
     })
+}
+
+/// A key of a record line: one of the record's own, or another (its text, unescaped).
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Ts,
+    ChatId,
+    UserId,
+    Text,
+    Platform,
+    Other(&'a str),
 }
 
 /// What ended a run of string bytes: the closing quote, or the `\` of an escape.
@@ -138,21 +151,28 @@ impl<'a> Scanner<'a> {
 
     /// A key without escapes (a key with one is left to serde, which compares it decoded).
     ///
-    /// The record's own keys are recognized by their bytes, closing quote included, which is cheaper
-    /// than searching for the end of the string first; any other key goes through [`string`](Self::string).
-    fn key(&mut self) -> Option<&'a str> {
-        const KNOWN: [&str; 5] = ["ts", "chat_id", "user_id", "text", "platform"];
-        let rest = self.bytes.get(self.at + 1..)?;
-        if self.bytes[self.at] == b'"' {
-            for key in KNOWN {
-                if rest.len() > key.len() && rest[key.len()] == b'"' && rest.starts_with(key.as_bytes()) {
-                    self.at += key.len() + 2;
-                    return Some(key);
-                }
+    /// The record's own keys are recognized by their first letter and then their bytes, closing quote
+    /// included, each compared at its constant length: cheaper than searching for the end of the
+    /// string first, or than comparing against each known key in turn. Any other key goes through
+    /// [`string`](Self::string).
+    fn key(&mut self) -> Option<Key<'a>> {
+        if self.peek()? == b'"' {
+            let rest = &self.bytes[self.at + 1..];
+            let known = match rest.first() {
+                Some(b'c') if rest.starts_with(b"chat_id\"") => Some((Key::ChatId, 7)),
+                Some(b'u') if rest.starts_with(b"user_id\"") => Some((Key::UserId, 7)),
+                Some(b't') if rest.starts_with(b"text\"") => Some((Key::Text, 4)),
+                Some(b't') if rest.starts_with(b"ts\"") => Some((Key::Ts, 2)),
+                Some(b'p') if rest.starts_with(b"platform\"") => Some((Key::Platform, 8)),
+                _ => None,
+            };
+            if let Some((key, len)) = known {
+                self.at += len + 2;
+                return Some(key);
             }
         }
         match self.string()? {
-            Cow::Borrowed(key) => Some(key),
+            Cow::Borrowed(key) => Some(Key::Other(key)),
             Cow::Owned(_) => None,
         }
     }
