@@ -720,6 +720,10 @@ impl Dispatcher {
     /// caller) and is left at the reading at which it ended, or emptied if it failed (logging the
     /// failure is not the next handler's time); the time is counted in `tally`, which must be this
     /// thread's.
+    // Inlined into the delivery loops: the context and the clock reading then stay in registers, and
+    // an isolated plain `fn` handler costs ~50 instructions less (sync isolated, N = 100: 16,091 →
+    // 10,992 instructions per event; a replay, ~3 handler calls a record: −156 per record).
+    #[inline(always)]
     fn call_sync<E: Event>(
         &self,
         tally: &Tally,
