@@ -303,6 +303,7 @@ fn push_session_id(buf: &mut Vec<u8>, id: Option<SessionId>) {
 }
 
 /// `session_id`, `platform` and `chat_id`, in that order.
+#[inline(always)] // see `TsWriter::push`
 fn fields_session(line: &mut Line<'_>, id: Option<SessionId>, key: &SessionKey) {
     match id {
         Some(id) => line.sessions.push(line.buf, id, key),
