@@ -251,7 +251,7 @@ fn write_session_fields(buf: &mut Vec<u8>, id: Option<SessionId>, key: &SessionK
 // `head` and the `field_*` writers are inlined into each hook, so that their constant keys become a
 // few stores instead of `memcpy` calls (3.5 % of a whole replay when the compiler chose otherwise).
 // Each constant part of a line is one literal, made by `start!` and `key!`, so it is one append (one
-// capacity check) rather than three.
+// capacity check) rather than three or four.
 
 /// `{"event":"NAME","event_id":`, the start of every line.
 macro_rules! start {
