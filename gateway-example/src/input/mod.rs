@@ -81,16 +81,11 @@ impl LineError {
     }
 }
 
-/// Whether `text` goes to the command hooks first: after leading white space it starts with `/`.
-/// (Which commands reset a session is the lifecycle's rule, `lifecycle::parse_reset_command`.)
+/// Whether `text` goes to the command hooks first: after leading white space it starts with `/`
+/// (the lifecycle's rule, `lifecycle::strip_command_slash`; which commands reset a session is
+/// `lifecycle::parse_reset_command`).
 pub fn is_command(text: &str) -> bool {
-    match text.as_bytes().first() {
-        Some(b'/') => true,
-        // ASCII white space (as `char::is_whitespace` has it: space and `\t` to `\r`) needs the
-        // general trim; any other ASCII character is not a command (~30 instructions a message).
-        Some(&b) if b.is_ascii() && !matches!(b, b' ' | b'\t'..=b'\r') => false,
-        _ => text.trim_start().starts_with('/'),
-    }
+    hooks_core::lifecycle::strip_command_slash(text).is_some()
 }
 
 /// Parses one line (without its line terminator).

@@ -19,17 +19,7 @@ use crate::event::CloseReason;
 /// assert_eq!(parse_reset_command("/NEW"), None);
 /// ```
 pub fn parse_reset_command(text: &str) -> Option<CloseReason> {
-    // Most texts start with an ASCII character that is neither `/` nor white space: not a command,
-    // known without the general trim (~30 instructions a message in a replay).
-    if let Some(&b) = text.as_bytes().first()
-        && b.is_ascii()
-        && b != b'/'
-        && !matches!(b, b' ' | b'\t'..=b'\r')
-    {
-        return None;
-    }
-    // `char::is_whitespace` is exactly the Unicode White_Space property.
-    let rest = text.trim_start_matches(char::is_whitespace).strip_prefix('/')?;
+    let rest = strip_command_slash(text)?;
     let (reason, after) = if let Some(after) = rest.strip_prefix("new") {
         (CloseReason::UserNew, after)
     } else if let Some(after) = rest.strip_prefix("reset") {
@@ -42,6 +32,31 @@ pub fn parse_reset_command(text: &str) -> Option<CloseReason> {
         Some(c) if c.is_whitespace() => Some(reason),
         Some(_) => None,
     }
+}
+
+/// What follows the `/` of a command: `text` after its leading white space (Unicode `White_Space`)
+/// and the `/` that must then start it; `None` when the text is not a command. Every command starts
+/// so; [`parse_reset_command`] then tells whether it is a reset command.
+///
+/// ```
+/// use hooks_core::lifecycle::strip_command_slash;
+///
+/// assert_eq!(strip_command_slash("\u{3000}/new@MyBot"), Some("new@MyBot"));
+/// assert_eq!(strip_command_slash("/"), Some(""));
+/// assert_eq!(strip_command_slash("see /new"), None);
+/// ```
+pub fn strip_command_slash(text: &str) -> Option<&str> {
+    // Most texts start with an ASCII character that is neither `/` nor white space: not a command,
+    // known without the general trim (~30 instructions a message in a replay).
+    if let Some(&b) = text.as_bytes().first()
+        && b.is_ascii()
+        && b != b'/'
+        && !matches!(b, b' ' | b'\t'..=b'\r')
+    {
+        return None;
+    }
+    // `char::is_whitespace` is exactly the Unicode White_Space property.
+    text.trim_start_matches(char::is_whitespace).strip_prefix('/')
 }
 
 #[cfg(test)]

@@ -23,6 +23,6 @@ mod engine;
 mod policy;
 mod timers;
 
-pub use command::parse_reset_command;
+pub use command::{parse_reset_command, strip_command_slash};
 pub use engine::{Closed, Engine, EngineStats, Routed, SessionIds};
 pub use policy::{DailyReset, Policy, PolicyError};
