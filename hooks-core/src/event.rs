@@ -24,26 +24,33 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// `n` as a hyphenated lower-case UUID (8-4-4-4-12 hex digits): each of the 16 bytes looks up its
-/// two digits in a 512-byte table and stores them at a fixed place, so the work is 16 loads and 16
-/// two-byte stores, with no branch. (Computing the digits eight at a time with shifts and masks took
-/// about twice the instructions; two table lookups per byte, one per digit, three times.)
+/// `n` as a hyphenated lower-case UUID (8-4-4-4-12 hex digits), made sixteen bytes at a time with
+/// vector operations (`wide::u8x16`: SSE2 on x86-64, portable code elsewhere): the high and the low
+/// nibble of every byte are split into two vectors, each nibble becomes its digit (`'0' + n`, plus 39
+/// above 9), the two vectors are interleaved into the 32 digits in order, and five copies put them
+/// between the hyphens. Against the previous 512-byte pair table (16 loads and 16 two-byte stores) a
+/// replay of the tiled corpora spends 106 fewer instructions per record (callgrind, `dist` build; ~1.6
+/// ids are written per record). Computing the digits eight at a time
+/// in a `u64` with shifts and masks took about twice the table's instructions.
 fn hyphenated(n: u128) -> [u8; 36] {
-    const PAIRS: [[u8; 2]; 256] = {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut pairs = [[0u8; 2]; 256];
-        let mut i = 0;
-        while i < 256 {
-            pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
-            i += 1;
-        }
-        pairs
-    };
-    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    use wide::bytemuck::cast;
+    use wide::{u8x16, u16x8};
+    let bytes = u8x16::from(n.to_be_bytes());
+    let nibble = u8x16::splat(0x0f);
+    // A 16-bit shift moves each byte's high nibble down; the mask drops what crossed from its neighbour.
+    let high = cast::<u16x8, u8x16>(cast::<u8x16, u16x8>(bytes) >> 4) & nibble;
+    let low = bytes & nibble;
+    let digit = |v: u8x16| v + u8x16::splat(b'0') + (v.simd_gt(u8x16::splat(9)) & u8x16::splat(b'a' - b'0' - 10));
+    let (high, low) = (digit(high), digit(low));
+    // Byte i's two digits are `high[i]`, `low[i]`: interleaved, the digits of bytes 0-7, then 8-15.
+    let first = u8x16::unpack_low(high, low).to_array();
+    let second = u8x16::unpack_high(high, low).to_array();
     let mut out = [b'-'; 36];
-    for (byte, at) in n.to_be_bytes().into_iter().zip(AT) {
-        out[at..at + 2].copy_from_slice(&PAIRS[usize::from(byte)]);
-    }
+    out[..8].copy_from_slice(&first[..8]);
+    out[9..13].copy_from_slice(&first[8..12]);
+    out[14..18].copy_from_slice(&first[12..]);
+    out[19..23].copy_from_slice(&second[..4]);
+    out[24..].copy_from_slice(&second[4..]);
     out
 }
 
