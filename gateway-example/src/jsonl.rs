@@ -64,14 +64,9 @@ pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
 /// it, over the rest of the line: a block costs ~8 instructions where two SWAR words cost ~34, which
 /// on the tiled corpora (message texts of ~60 bytes) saved 145 instructions a record.
 pub(crate) fn first_escape_long(bytes: &[u8]) -> Option<usize> {
-    use wide::u8x16;
-    let (quote, backslash, below_space) = (u8x16::splat(b'"'), u8x16::splat(b'\\'), u8x16::splat(0x1f));
     let mut blocks = bytes.chunks_exact(16);
     for (i, block) in blocks.by_ref().enumerate() {
-        let v = u8x16::from(<[u8; 16]>::try_from(block).expect("16 bytes"));
-        // `min(v, 0x1f) == v` is `v <= 0x1f`, unsigned: SSE2 has no unsigned less-than.
-        let hits = v.simd_eq(quote) | v.simd_eq(backslash) | v.min(below_space).simd_eq(v);
-        let mask = hits.to_bitmask();
+        let mask = escapes16(<[u8; 16]>::try_from(block).expect("16 bytes"));
         if mask != 0 {
             return Some(i * 16 + mask.trailing_zeros() as usize);
         }
@@ -80,16 +75,28 @@ pub(crate) fn first_escape_long(bytes: &[u8]) -> Option<usize> {
     first_escape(blocks.remainder()).map(|i| done + i)
 }
 
+/// Which of 16 bytes need an escape (a control character, `"` or `\`): bit `i` of the result is
+/// byte `i`'s. Three vector compares and one `movemask` (`wide::u8x16`).
+#[inline(always)]
+fn escapes16(block: [u8; 16]) -> u32 {
+    use wide::u8x16;
+    let v = u8x16::from(block);
+    // `min(v, 0x1f) == v` is `v <= 0x1f`, unsigned: SSE2 has no unsigned less-than.
+    let hits = v.simd_eq(u8x16::splat(b'"')) | v.simd_eq(u8x16::splat(b'\\')) | v.min(u8x16::splat(0x1f)).simd_eq(v);
+    hits.to_bitmask()
+}
+
 /// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
 pub fn push_str(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let n = bytes.len();
-    let mut escape = first_escape(bytes);
-    if (4..=16).contains(&n) && escape.is_none() {
+    if (4..=16).contains(&n) {
         // Most ids and names: quotes and text go in one fixed-size copy. The text is placed as two
-        // overlapping pieces of constant size in an 18-byte array, the array is appended whole, and
-        // what follows the closing quote is cut off again. (A `memcpy` call of a short, variable
-        // length cost ~45 instructions, more than the rest of this.)
+        // overlapping pieces of constant size in an 18-byte array, and its escapes are looked for
+        // there with one vector test (bits past the text masked off); if there are none, the array
+        // is appended whole and what follows the closing quote is cut off again. (A `memcpy` call
+        // of a short, variable length cost ~45 instructions, more than the rest of this. The vector
+        // test instead of `first_escape`'s words: ~30 fewer a call, 66 fewer a record in a replay.)
         let mut quoted = [0u8; 18];
         quoted[0] = b'"';
         if n >= 8 {
@@ -99,11 +106,15 @@ pub fn push_str(buf: &mut Vec<u8>, s: &str) {
             quoted[1..5].copy_from_slice(&bytes[..4]);
             quoted[n - 3..=n].copy_from_slice(&bytes[n - 4..]);
         }
-        quoted[n + 1] = b'"';
-        buf.extend_from_slice(&quoted);
-        buf.truncate(buf.len() - (16 - n));
-        return;
+        let text: [u8; 16] = quoted[1..17].try_into().expect("16 bytes");
+        if escapes16(text) & ((1u32 << n) - 1) == 0 {
+            quoted[n + 1] = b'"';
+            buf.extend_from_slice(&quoted);
+            buf.truncate(buf.len() - (16 - n));
+            return;
+        }
     }
+    let mut escape = first_escape_long(bytes);
     buf.reserve(bytes.len() + 2);
     buf.push(b'"');
     // Most texts need no escape at all: everything before the first byte that does is copied in
@@ -123,7 +134,7 @@ pub fn push_str(buf: &mut Vec<u8>, s: &str) {
             }
         }
         rest = &rest[i + 1..];
-        escape = first_escape(rest);
+        escape = first_escape_long(rest);
     }
     buf.extend_from_slice(rest);
     buf.push(b'"');
