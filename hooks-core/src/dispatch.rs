@@ -53,29 +53,57 @@ use crate::event::{AnyEvent, Command, CommandDecision};
 use crate::registry::{EVENT_NAMES, Event, Handler, Hook, Registry};
 
 /// The clock that times plain `fn` handlers with isolation: `quanta`'s, read raw (the CPU's time
-/// stamp counter) and scaled to nanoseconds only for a difference, instead of `std`'s
-/// `clock_gettime`. Every isolated handler call takes one reading, and on the 2-core VM of
-/// docs/benchmarks.md a `std::time::Instant::now()` cost 39-56 ns against ~19 ns for the bare
-/// counter. Making the first dispatcher in a process calibrates the counter against the OS clock
-/// (~0.6 ms, once, whatever the isolation); where the counter is not usable (not invariant, as in
-/// some VMs), quanta falls back to the OS clock.
+/// stamp counter) instead of `std`'s `clock_gettime`. Every isolated handler call takes one reading,
+/// and on the 2-core VM of docs/benchmarks.md a `std::time::Instant::now()` cost 39-56 ns against
+/// ~19 ns for the bare counter. Making the first dispatcher in a process calibrates the counter
+/// against the OS clock (~0.6 ms, once, whatever the isolation); where the counter is not usable (not
+/// invariant, as in some VMs), quanta falls back to the OS clock, whose ticks are nanoseconds.
+///
+/// A call's time stays in ticks: it is added to the handler's sum of ticks and compared with the
+/// handler's timeout converted to ticks once, when the dispatcher is made. Only a sum that is read
+/// ([`Dispatcher::stats`]) or a timeout that is reported is scaled to nanoseconds. (Scaling every
+/// call's difference, a 128-bit multiply and shift, and comparing it as a `Duration` cost ~25
+/// instructions per handler call.)
 ///
 /// Async handlers are timed on tokio's clock instead, so that their timeouts follow paused time in
 /// tests like every tokio timer.
 #[derive(Clone, Debug)]
-struct Stopwatch(quanta::Clock);
+struct Stopwatch {
+    clock: quanta::Clock,
+    /// Nanoseconds in 2^32 ticks, for converting the other way ([`ticks_in`](Self::ticks_in)).
+    nanos_per_2_32_ticks: u64,
+}
 
 impl Stopwatch {
+    fn new() -> Self {
+        let clock = quanta::Clock::new();
+        let nanos_per_2_32_ticks = clock.delta_as_nanos(0, 1 << 32).max(1);
+        Self { clock, nanos_per_2_32_ticks }
+    }
+
     /// A reading, in the clock's own ticks.
     #[inline]
     fn now(&self) -> u64 {
-        self.0.raw()
+        self.clock.raw()
     }
 
-    /// Nanoseconds from reading `start` to reading `end` (0 if `end` is not later).
+    /// The ticks from reading `start` to reading `end` (0 if `end` is not later, as quanta's own
+    /// differences: counters of different cores may disagree slightly).
     #[inline]
-    fn nanos(&self, start: u64, end: u64) -> u64 {
-        self.0.delta_as_nanos(start, end)
+    fn ticks(start: u64, end: u64) -> u64 {
+        end.saturating_sub(start)
+    }
+
+    /// `ticks` in nanoseconds.
+    fn nanos_in(&self, ticks: u64) -> u64 {
+        self.clock.delta_as_nanos(0, ticks)
+    }
+
+    /// `limit` in ticks, rounded down, saturating (calls longer than this many ticks overran it, to
+    /// within a nanosecond).
+    fn ticks_in(&self, limit: Duration) -> u64 {
+        let ticks = (limit.as_nanos() << 32) / u128::from(self.nanos_per_2_32_ticks);
+        u64::try_from(ticks).unwrap_or(u64::MAX)
     }
 }
 
@@ -129,16 +157,34 @@ struct Counters {
 struct Tally {
     /// Deliveries per event (`Event::INDEX`).
     deliveries: [AtomicU64; EVENT_NAMES.len()],
-    /// Nanoseconds spent per event and handler (with [`Isolation::Contained`]).
-    nanos: Box<[Box<[AtomicU64]>]>,
+    /// Per event and handler: its time and, for a plain `fn`, its timeout in ticks.
+    handlers: Box<[Box<[HandlerTally]>]>,
+}
+
+/// One handler's time in one thread's [`Tally`] (with [`Isolation::Contained`]), and its timeout in
+/// the stopwatch's ticks, kept next to it so that one lookup finds both.
+#[derive(Debug)]
+struct HandlerTally {
+    /// Ticks of the [`Stopwatch`] spent in calls of a plain `fn` handler.
+    ticks: AtomicU64,
+    /// Nanoseconds spent in calls of an async handler (tokio's clock).
+    nanos: AtomicU64,
+    /// A plain `fn` call that took more ticks than this overran its timeout (`u64::MAX`: none).
+    limit_ticks: u64,
 }
 
 impl Tally {
-    fn new(handlers: &[usize]) -> Self {
-        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+    /// A tally of zeros, for handlers with these timeouts in ticks (per event, per handler).
+    fn new(limits: &[Box<[u64]>]) -> Self {
+        let zeros = |limits: &[u64]| {
+            limits
+                .iter()
+                .map(|&limit_ticks| HandlerTally { ticks: AtomicU64::new(0), nanos: AtomicU64::new(0), limit_ticks })
+                .collect()
+        };
         Self {
             deliveries: std::array::from_fn(|_| AtomicU64::new(0)),
-            nanos: handlers.iter().map(|&n| zeros(n)).collect(),
+            handlers: limits.iter().map(|l| zeros(l)).collect(),
         }
     }
 
@@ -149,10 +195,16 @@ impl Tally {
         counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
 
+    /// Handler `index` of `E`.
+    #[inline]
+    fn handler<E: Event>(&self, index: usize) -> &HandlerTally {
+        &self.handlers[E::INDEX][index]
+    }
+
     /// Counts `nanos` against handler `index` of `E`; this must be the calling thread's tally.
     #[inline]
     fn add_nanos<E: Event>(&self, index: usize, nanos: u64) {
-        Self::add(&self.nanos[E::INDEX][index], nanos);
+        Self::add(&self.handler::<E>(index).nanos, nanos);
     }
 }
 
@@ -261,8 +313,9 @@ pub struct Dispatcher {
     state: Arc<State>,
     config: DispatchConfig,
     counters: Vec<Box<[Counters]>>,
-    /// Handlers per event, indexed by `Event::INDEX`: the shape of each thread's [`Tally`].
-    handlers: Box<[usize]>,
+    /// Per event (`Event::INDEX`) and handler, the timeout of a plain `fn` handler in the stopwatch's
+    /// ticks (`u64::MAX`: none): the shape and the limits of each thread's [`Tally`].
+    limit_ticks: Box<[Box<[u64]>]>,
     /// The counts of the first thread that delivered (its [`thread_key`], 0 before), kept inline: a
     /// gateway usually delivers from one thread, and comparing a key is cheaper than the general
     /// per-thread lookup.
@@ -304,24 +357,30 @@ impl Dispatcher {
     /// A dispatcher over `registry`, handing `state` to hooks, with `config`.
     pub fn with_config(registry: impl Into<Arc<Registry>>, state: State, config: DispatchConfig) -> Self {
         let registry = registry.into();
-        let mut counts = vec![0usize; EVENT_NAMES.len()];
+        let stopwatch = Stopwatch::new();
+        // `metas` lists events in catalogue order and each event's handlers in call order.
+        let mut limits = vec![Vec::new(); EVENT_NAMES.len()];
         for meta in registry.metas() {
             let i = EVENT_NAMES.iter().position(|n| *n == meta.event()).expect("catalogue event");
-            counts[i] += 1;
+            let timeout = match config.isolation {
+                Isolation::Contained => meta.timeout().or(config.default_timeout),
+                Isolation::Off => None,
+            };
+            limits[i].push(timeout.map_or(u64::MAX, |t| stopwatch.ticks_in(t)));
         }
-        let counters = counts.iter().map(|&n| (0..n).map(|_| Counters::default()).collect()).collect();
-        let handlers = counts.into_boxed_slice();
-        let owner_tally = Tally::new(&handlers);
+        let counters = limits.iter().map(|l| l.iter().map(|_| Counters::default()).collect()).collect();
+        let limit_ticks: Box<[Box<[u64]>]> = limits.into_iter().map(Vec::into_boxed_slice).collect();
+        let owner_tally = Tally::new(&limit_ticks);
         Self {
             registry,
             state: Arc::new(state),
             config,
             counters,
-            handlers,
+            limit_ticks,
             owner: AtomicU64::new(0),
             owner_tally,
             tallies: ThreadLocal::new(),
-            stopwatch: Stopwatch(quanta::Clock::new()),
+            stopwatch,
         }
     }
 
@@ -629,16 +688,22 @@ impl Dispatcher {
     /// Every handler's counters, events in catalogue order, handlers in call order.
     pub fn stats(&self) -> Vec<HandlerStats> {
         // Every thread's counts, summed.
-        let mut deliveries = vec![0u64; self.handlers.len()];
-        let mut nanos: Vec<Vec<u64>> = self.handlers.iter().map(|&n| vec![0; n]).collect();
+        let mut deliveries = vec![0u64; self.limit_ticks.len()];
+        // Per handler: nanoseconds (async calls) and ticks (plain `fn` calls), scaled once, below.
+        let mut times: Vec<Vec<(u64, u64)>> = self.limit_ticks.iter().map(|l| vec![(0, 0); l.len()]).collect();
         for tally in std::iter::once(&self.owner_tally).chain(&self.tallies) {
             for (sum, part) in deliveries.iter_mut().zip(&tally.deliveries) {
                 *sum += part.load(Ordering::Relaxed);
             }
-            for (sum, part) in nanos.iter_mut().flatten().zip(tally.nanos.iter().flatten()) {
-                *sum += part.load(Ordering::Relaxed);
+            for (sum, part) in times.iter_mut().flatten().zip(tally.handlers.iter().flatten()) {
+                sum.0 = sum.0.saturating_add(part.nanos.load(Ordering::Relaxed));
+                sum.1 = sum.1.saturating_add(part.ticks.load(Ordering::Relaxed));
             }
         }
+        let nanos: Vec<Vec<u64>> = times
+            .into_iter()
+            .map(|event| event.into_iter().map(|(n, t)| n.saturating_add(self.stopwatch.nanos_in(t))).collect())
+            .collect();
         let metas = self.registry.metas();
         let counters = self
             .counters
@@ -693,7 +758,7 @@ impl Dispatcher {
         {
             return &self.owner_tally;
         }
-        self.tallies.get_or(|| Tally::new(&self.handlers))
+        self.tallies.get_or(|| Tally::new(&self.limit_ticks))
     }
 
     /// Counts a delivery of `E`; returns this thread's counts, good until the next await that can
@@ -740,13 +805,15 @@ impl Dispatcher {
                 let started = clock.unwrap_or_else(|| self.stopwatch.now());
                 let result = catch_unwind(AssertUnwindSafe(|| f(event, ctx)));
                 let ended = self.stopwatch.now();
-                let nanos = self.stopwatch.nanos(started, ended);
-                tally.add_nanos::<E>(index, nanos);
-                let elapsed = Duration::from_nanos(nanos);
+                let ticks = Stopwatch::ticks(started, ended);
+                let mine = tally.handler::<E>(index);
+                Tally::add(&mine.ticks, ticks);
                 let outcome = match result {
                     Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
                     Ok(Err(e)) => Err(Failure::Error(e)),
-                    Ok(Ok(_)) if ctx.timeout.is_some_and(|t| elapsed > t) => Err(Failure::Timeout(elapsed)),
+                    Ok(Ok(_)) if ticks > mine.limit_ticks => {
+                        Err(Failure::Timeout(Duration::from_nanos(self.stopwatch.nanos_in(ticks))))
+                    }
                     Ok(Ok(out)) => Ok(out),
                 };
                 // A failure is logged before the next handler starts, which is not that one's time.
