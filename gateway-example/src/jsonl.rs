@@ -12,9 +12,9 @@ use jiff::Timestamp;
 /// `b ^ '\\'` is zero or `b < 0x20`, each by the borrow trick `(x - 0x01…01 * n) & !x & 0x80…80`. The
 /// trick can also flag a byte above (after) a true hit, through the borrow, never one before it,
 /// so the lowest flag is the answer. The last, partial word is read overlapping the one before it.
-/// Short strings (ids, keys) are the common case: this costs about half of what `memchr::memchr2`
-/// plus a check for control characters did (its set-up per call outweighs its SIMD on 5-60 bytes),
-/// and a third of a byte loop.
+/// It serves [`first_escape_long`]'s last, partial block (up to 15 bytes): for those it costs about
+/// half of what `memchr::memchr2` plus a check for control characters did (its set-up per call
+/// outweighs its SIMD on short strings), and a third of a byte loop.
 pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -57,12 +57,12 @@ pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
     (f != 0).then(|| n - 8 + lowest(f))
 }
 
-/// [`first_escape`] for text that may run long: the index of the first control character, `"` or
-/// `\`, tested sixteen bytes at a time with vector compares (`wide::u8x16`: SSE2 on x86-64, which
-/// always has it, NEON on aarch64, simd128 on wasm, scalar code elsewhere), the last fewer than
-/// sixteen by [`first_escape`]. The scanner looks for the end of each string of a replay line with
-/// it, over the rest of the line: a block costs ~8 instructions where two SWAR words cost ~34, which
-/// on the tiled corpora (message texts of ~60 bytes) saved 145 instructions a record.
+/// The index of the first control character, `"` or `\` in text of any length: tested sixteen bytes
+/// at a time with vector compares ([`escapes16`]), the last fewer than sixteen by [`first_escape`].
+/// The scanner looks for the end of each string of a replay line with it, over the rest of the line:
+/// a block costs ~8 instructions where two SWAR words cost ~34, which on the tiled corpora (message
+/// texts of ~60 bytes) saved 145 instructions a record. [`push_str`] uses it for the strings its
+/// fixed-size path does not take.
 pub(crate) fn first_escape_long(bytes: &[u8]) -> Option<usize> {
     let mut blocks = bytes.chunks_exact(16);
     for (i, block) in blocks.by_ref().enumerate() {
@@ -76,7 +76,8 @@ pub(crate) fn first_escape_long(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Which of 16 bytes need an escape (a control character, `"` or `\`): bit `i` of the result is
-/// byte `i`'s. Three vector compares and one `movemask` (`wide::u8x16`).
+/// byte `i`'s. Three vector compares and one `movemask`, with `wide::u8x16`: SSE2 on x86-64, which
+/// always has it, NEON on aarch64, simd128 on wasm, scalar code elsewhere.
 #[inline(always)]
 fn escapes16(block: [u8; 16]) -> u32 {
     use wide::u8x16;
@@ -90,7 +91,7 @@ fn escapes16(block: [u8; 16]) -> u32 {
 pub fn push_str(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let n = bytes.len();
-    if (4..=16).contains(&n) {
+    let mut escape = if (4..=16).contains(&n) {
         // Most ids and names: quotes and text go in one fixed-size copy. The text is placed as two
         // overlapping pieces of constant size in an 18-byte array, and its escapes are looked for
         // there with one vector test (bits past the text masked off); if there are none, the array
@@ -107,14 +108,17 @@ pub fn push_str(buf: &mut Vec<u8>, s: &str) {
             quoted[n - 3..=n].copy_from_slice(&bytes[n - 4..]);
         }
         let text: [u8; 16] = quoted[1..17].try_into().expect("16 bytes");
-        if escapes16(text) & ((1u32 << n) - 1) == 0 {
+        let hits = escapes16(text) & ((1u32 << n) - 1);
+        if hits == 0 {
             quoted[n + 1] = b'"';
             buf.extend_from_slice(&quoted);
             buf.truncate(buf.len() - (16 - n));
             return;
         }
-    }
-    let mut escape = first_escape_long(bytes);
+        Some(hits.trailing_zeros() as usize)
+    } else {
+        first_escape_long(bytes)
+    };
     buf.reserve(bytes.len() + 2);
     buf.push(b'"');
     // Most texts need no escape at all: everything before the first byte that does is copied in
@@ -352,6 +356,19 @@ mod tests {
                 prop_oneof![8 => Just(b'a'), 1 => 0x00u8..0x24, 1 => 0x5au8..0x5f, 1 => 0x7eu8..=0xff], 0..100),
         ) {
             prop_assert_eq!(first_escape_long(&bytes), first_flagged(&bytes));
+        }
+
+        /// Every bit of `escapes16`, not only the lowest: `push_str` masks off the bits past its
+        /// text and takes the lowest of the rest.
+        #[test]
+        fn escapes16_flags_exactly_the_bytes_that_need_an_escape(
+            block in proptest::array::uniform16(
+                prop_oneof![4 => Just(b'a'), 1 => 0x00u8..0x24, 1 => 0x5au8..0x5f, 1 => 0x7eu8..=0xff]),
+        ) {
+            let mask = escapes16(block);
+            for (i, &b) in block.iter().enumerate() {
+                prop_assert_eq!(mask >> i & 1 == 1, first_flagged(&[b]).is_some(), "byte {} ({:#04x})", i, b);
+            }
         }
     }
 

@@ -358,6 +358,12 @@ macro_rules! catalogue {
                 $( all.extend(self.$field.hooks.iter().map(|h| &h.meta)); )*
                 all
             }
+
+            /// Every hook's description, one list per event (indexed by `Event::INDEX`), hooks in
+            /// call order: the shape of the event's hook list, whatever each meta's `event()` says.
+            pub(crate) fn metas_per_event(&self) -> [Vec<&HookMeta>; EVENT_NAMES.len()] {
+                [ $( self.$field.hooks.iter().map(|h| &h.meta).collect() ),* ]
+            }
         }
     };
 }

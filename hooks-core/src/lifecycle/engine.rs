@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
 
 use compact_str::CompactString;
 use hashbrown::DefaultHashBuilder;
@@ -631,9 +630,7 @@ impl Engine {
         self.free.push(slot);
         debug_assert_eq!(ended_at.as_nanosecond(), at);
         let truncated = sess.truncated || (self.policy.transcript_limit == 0 && message_count > 0);
-        // Moved straight into the shared slice (one allocation of the exact size): through a `Vec`, the
-        // entries were copied once more.
-        let entries: Arc<[TranscriptEntry]> = sess.transcript.into_iter().collect();
+        let entries: Vec<TranscriptEntry> = sess.transcript.into();
         out.push(AnyEvent::SessionEnd(SessionEnd::new(
             id,
             key,
