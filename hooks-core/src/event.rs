@@ -28,11 +28,11 @@ use uuid::Uuid;
 /// vector operations (`wide::u8x16`: SSE2 on x86-64, NEON on aarch64, simd128 on wasm, scalar code
 /// elsewhere): the high and the low nibble of every byte are split into two vectors, each nibble
 /// becomes its digit (`'0' + n`, plus 39 above 9), the two vectors are interleaved into the 32 digits
-/// in order, and five copies put them between the hyphens. Against the previous 512-byte pair table (16 loads and 16 two-byte stores), a
-/// replay of the tiled corpora spends 106 fewer instructions per record (callgrind, `dist` build;
-/// ~1.6 ids are written per record). Two tries at computing the digits eight at a time in a `u64`
-/// with shifts and masks cost more than the table did (the first about twice its instructions, the
-/// second +15 per record of a replay).
+/// in order, and five copies put them between the hyphens. Against the previous 512-byte pair table
+/// (16 loads and 16 two-byte stores), a replay of the tiled corpora spends 106 fewer instructions per
+/// record (callgrind, `dist` build; ~1.6 ids are written per record). Two tries at computing the
+/// digits eight at a time in a `u64` with shifts and masks cost more than the table did (the first
+/// about twice its instructions, the second +15 per record of a replay).
 fn hyphenated(n: u128) -> [u8; 36] {
     use wide::bytemuck::cast;
     use wide::{u8x16, u16x8};

@@ -354,9 +354,7 @@ macro_rules! catalogue {
 
             /// Every hook's description: events in catalogue order, hooks in call order.
             pub fn metas(&self) -> Vec<&HookMeta> {
-                let mut all = Vec::new();
-                $( all.extend(self.$field.hooks.iter().map(|h| &h.meta)); )*
-                all
+                self.metas_per_event().into_iter().flatten().collect()
             }
 
             /// Every hook's description, one list per event (indexed by `Event::INDEX`), hooks in
