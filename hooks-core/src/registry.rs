@@ -69,10 +69,13 @@ pub trait Event: sealed::Sealed + Sized + fmt::Debug + Serialize + Send + Sync +
 /// A synchronous handler as stored in the registry (the `#[hook]` macro writes the shim).
 pub type SyncHandler<E> = fn(&E, &HookContext<'_>) -> Result<<E as Event>::Output, HookError>;
 
-/// An asynchronous handler as stored in the registry (the `#[hook]` macro writes the shim). It takes
-/// its context by value (`HookContext` is `Copy`) and keeps it in its future, so the dispatcher keeps no
-/// contexts for pending futures to borrow.
-pub type AsyncHandler<E> = for<'a> fn(&'a E, HookContext<'a>) -> BoxFuture<'a, Result<<E as Event>::Output, HookError>>;
+/// An asynchronous handler as stored in the registry (the `#[hook]` macro writes the shim). Its future
+/// may borrow the event (`'a`) but not the context, which is lent only for the call (`'b`): a handler
+/// that needs the context in its future copies it in (`HookContext` is `Copy`, ~80 bytes), and the
+/// macro's shim does so only for a function that takes it. The dispatcher thus keeps no contexts for
+/// pending futures to borrow, and copies none for handlers that do not use theirs.
+pub type AsyncHandler<E> =
+    for<'a, 'b> fn(&'a E, &'b HookContext<'a>) -> BoxFuture<'a, Result<<E as Event>::Output, HookError>>;
 
 /// A handler function: called inline (sync) or awaited (async).
 pub enum Handler<E: Event> {

@@ -35,7 +35,8 @@ fn count_start(_ev: &GatewayStartup, ctx: &HookContext<'_>) -> Result<(), HookEr
 }
 
 /// Pending on its first poll, so the dispatcher finishes it after an await, possibly on another worker.
-fn yielding<'a>(_ev: &'a GatewayStartup, ctx: HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+fn yielding<'a>(_ev: &'a GatewayStartup, ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+    let ctx = *ctx; // lent for the call only: the future keeps a copy
     Box::pin(async move {
         tokio::task::yield_now().await;
         calls(&ctx).yielding.fetch_add(1, Ordering::Relaxed);

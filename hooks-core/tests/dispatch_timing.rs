@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Blocks its first poll (as a hook doing blocking work before its first await would), then never
 /// finishes.
-fn blocks_then_hangs<'a>(_ev: &'a GatewayStartup, _ctx: HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+fn blocks_then_hangs<'a>(_ev: &'a GatewayStartup, _ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async {
         std::thread::sleep(FIRST_POLL);
         std::future::pending::<()>().await;
@@ -45,7 +45,7 @@ async fn the_timeout_of_an_async_handler_includes_its_first_poll() {
 
 const SLOW: Duration = Duration::from_millis(30);
 
-fn ready<'a>(_ev: &'a MessageReceived, _ctx: HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+fn ready<'a>(_ev: &'a MessageReceived, _ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async { Ok(()) })
 }
 

@@ -44,7 +44,8 @@ fn rec_msg(ev: &MessageReceived, ctx: &HookContext<'_>) -> Result<(), HookError>
 
 /// An async SessionEnd handler that takes a second before recording: a later Start of the same key
 /// must still come after it.
-fn slow_end<'a>(ev: &'a SessionEnd, ctx: HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+fn slow_end<'a>(ev: &'a SessionEnd, ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+    let ctx = *ctx; // lent for the call only: the future keeps a copy
     Box::pin(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
         Recorder::push(&ctx, AnyEvent::SessionEnd(ev.clone()));
@@ -52,7 +53,7 @@ fn slow_end<'a>(ev: &'a SessionEnd, ctx: HookContext<'a>) -> BoxFuture<'a, Resul
     })
 }
 
-fn hang_end<'a>(_ev: &'a SessionEnd, _ctx: HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+fn hang_end<'a>(_ev: &'a SessionEnd, _ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async move {
         futures::future::pending::<()>().await;
         Ok(())
@@ -67,7 +68,7 @@ fn panic_end(_ev: &SessionEnd, _ctx: &HookContext<'_>) -> Result<(), HookError> 
     panic!("end handler always panics")
 }
 
-fn fail_end_async<'a>(_ev: &'a SessionEnd, _ctx: HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+fn fail_end_async<'a>(_ev: &'a SessionEnd, _ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async { Err(HookError::msg("async end handler always fails")) })
 }
 

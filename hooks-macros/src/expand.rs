@@ -65,12 +65,12 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
     let (kind, shim) = if hook.sig.is_async {
         // Boxing the future into `BoxFuture`, which is `Send`, is the one place a non-`Send` future is
         // reported; the tokens of that coercion carry the span of the function's name so that the
-        // error lands there. A function that takes the context gets it lent by the boxed future,
-        // into which it moves; one that does not take it gets a future without it (the context is
-        // ~80 bytes, copied into every boxed future that holds it).
+        // error lands there. The shim is lent the context for the call only: a function that takes
+        // it gets a copy kept in the boxed future, which lends it to the user's; one that does not
+        // gets a future without it (the context is ~80 bytes).
         let boxed = respan(quote!(#p::Box::pin), hook.sig.name_span);
         let (lend, unused) = match hook.sig.ctx_ty {
-            Some(_) => (quote!(let ctx = &ctx;), quote!()),
+            Some(_) => (quote!(let ctx = &ctx;), quote!(let ctx = *ctx;)),
             None => (quote!(), quote!(let _ = ctx;)),
         };
         let call = quote_spanned! {hook.sig.name_span=>
@@ -80,7 +80,7 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
             })
         };
         let shim = quote! {
-            fn __hook_shim<'a>(ev: &'a #event_ty, ctx: #p::HookContext<'a>) -> #p::BoxFuture<'a, #result> {
+            fn __hook_shim<'a>(ev: &'a #event_ty, ctx: &#p::HookContext<'a>) -> #p::BoxFuture<'a, #result> {
                 #unused
                 #call
             }

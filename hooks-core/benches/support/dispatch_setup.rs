@@ -27,7 +27,7 @@ fn sync_shim(ev: &MessageReceived, _ctx: &HookContext<'_>) -> Result<(), HookErr
     Ok(())
 }
 
-fn async_shim<'a>(ev: &'a MessageReceived, _ctx: HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+fn async_shim<'a>(ev: &'a MessageReceived, _ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
     Box::pin(async move {
         noop_async(ev).await;
         Ok(())
