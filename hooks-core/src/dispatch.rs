@@ -502,6 +502,8 @@ impl Dispatcher {
         // chain stopwatch readings; async ones chain readings of tokio's clock, so that their timeouts
         // follow paused time in tests like every tokio timer.
         let (mut clock, mut async_clock) = (None, None);
+        // Read once: `self` holds atomics, so the compiler would read it again after every call.
+        let isolation = self.config.isolation;
         let tallies = tally.handlers::<E>();
         debug_assert_eq!(tallies.len(), hooks.len());
         for ((i, hook), mine) in hooks.iter().enumerate().zip(tallies) {
@@ -520,9 +522,10 @@ impl Dispatcher {
                 Handler::Async(f) => f,
             };
             clock = None;
-            let started = self.measuring().then(|| async_clock.take().unwrap_or_else(tokio::time::Instant::now));
+            let started = (isolation == Isolation::Contained)
+                .then(|| async_clock.take().unwrap_or_else(tokio::time::Instant::now));
             let mut future = f(event, &ctx);
-            let first = match self.config.isolation {
+            let first = match isolation {
                 Isolation::Off => Ok(future.as_mut().poll(cx)),
                 Isolation::Contained => catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))),
             };
@@ -738,10 +741,6 @@ impl Dispatcher {
         let tally = self.tally();
         Tally::add(&tally.deliveries[E::INDEX], 1);
         tally
-    }
-
-    fn measuring(&self) -> bool {
-        self.config.isolation == Isolation::Contained
     }
 
     /// Fills in the per-handler part of a context.
