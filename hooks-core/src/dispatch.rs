@@ -470,7 +470,7 @@ impl Dispatcher {
                 continue;
             }
             Self::prepare(&mut ctx, hook, mine);
-            outcomes.report(i, self.call_sync(mine, i, hook, event, &ctx, &mut clock));
+            outcomes.report(i, self.call_sync(mine, i, hook, event, &ctx, Isolation::Contained, &mut clock));
         }
     }
 
@@ -516,7 +516,7 @@ impl Dispatcher {
             let f = match hook.handler() {
                 Handler::Sync(_) => {
                     async_clock = None;
-                    outcomes.report(i, self.call_sync(mine, i, hook, event, &ctx, &mut clock));
+                    outcomes.report(i, self.call_sync(mine, i, hook, event, &ctx, isolation, &mut clock));
                     continue;
                 }
                 Handler::Async(f) => f,
@@ -751,7 +751,9 @@ impl Dispatcher {
     }
 
     /// Calls a plain `fn` handler with a [prepared](Self::prepare) context; `Err` if it failed (already
-    /// reported). With isolation, `clock` may hold the reading at which the call starts (taken by the
+    /// reported). `isolation` is the dispatcher's, read by the caller once per delivery (`self` holds
+    /// atomics, so the compiler would read it again after every handler call). With isolation, `clock`
+    /// may hold the reading at which the call starts (taken by the
     /// caller) and is left at the reading at which it ended, or emptied if it failed (logging the
     /// failure is not the next handler's time); the time is counted in `mine`, the handler's tally
     /// of this thread.
@@ -766,10 +768,11 @@ impl Dispatcher {
         hook: &Hook<E>,
         event: &E,
         ctx: &HookContext<'_>,
+        isolation: Isolation,
         clock: &mut Option<u64>,
     ) -> Result<E::Output, Failure> {
         let Handler::Sync(f) = hook.handler() else { unreachable!("call_sync on an async hook") };
-        let result = match self.config.isolation {
+        let result = match isolation {
             Isolation::Off => f(event, ctx).map_err(Failure::Error),
             Isolation::Contained => {
                 let started = clock.unwrap_or_else(|| self.stopwatch.now());
@@ -804,7 +807,7 @@ impl Dispatcher {
         let mine = &self.tally().handlers::<E>()[index];
         Self::prepare(ctx, hook, mine);
         let f = match hook.handler() {
-            Handler::Sync(_) => return self.call_sync(mine, index, hook, event, ctx, &mut None),
+            Handler::Sync(_) => return self.call_sync(mine, index, hook, event, ctx, self.config.isolation, &mut None),
             Handler::Async(f) => f,
         };
         let result = match self.config.isolation {
