@@ -478,11 +478,12 @@ impl Dispatcher {
     /// order: a plain `fn` runs when its turn comes; an async one is polled once right away with `cx`,
     /// and only if it is still pending does it get a timeout and wait, concurrently with the others,
     /// until every handler is done. Most handlers finish on their first poll, so the common case
-    /// allocates nothing beyond each handler's own future (which holds its context). Only handlers
+    /// allocates nothing beyond each handler's own future (which holds a copy of the context if the
+    /// handler takes one). A pending one costs two allocations more (its [`PendingCall`], and the
+    /// join of them all, made once per delivery). Only handlers
     /// that `outcomes` calls are called (the others are counted as not called); `outcomes` hears the
     /// result of each one that finished (already logged and counted). Returns the ones still pending,
     /// each waiting for its end. `tally` is this thread's (this runs within one poll).
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn start_all<'a, E: Event>(
         &'a self,
@@ -753,14 +754,14 @@ impl Dispatcher {
     /// Calls a plain `fn` handler with a [prepared](Self::prepare) context; `Err` if it failed (already
     /// reported). `isolation` is the dispatcher's, read by the caller once per delivery (`self` holds
     /// atomics, so the compiler would read it again after every handler call). With isolation, `clock`
-    /// may hold the reading at which the call starts (taken by the
-    /// caller) and is left at the reading at which it ended, or emptied if it failed (logging the
-    /// failure is not the next handler's time); the time is counted in `mine`, the handler's tally
-    /// of this thread.
+    /// may hold the reading at which the call starts (taken by the caller) and is left at the reading
+    /// at which it ended, or emptied if it failed (logging the failure is not the next handler's
+    /// time); the time is counted in `mine`, the handler's tally of this thread.
     // Inlined into the delivery loops: the context and the clock reading then stay in registers, and
     // an isolated plain `fn` handler cost ~50 instructions less (session 8: sync isolated, N = 100,
     // 16,091 → 10,992 instructions per event; a replay, ~3 handler calls a record: −156 per record).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn call_sync<E: Event>(
         &self,
         mine: &HandlerTally,
@@ -878,10 +879,16 @@ impl Dispatcher {
 /// Nothing happens until it is first polled. Its first poll counts the delivery, runs every plain `fn`
 /// handler and polls every async one once, in registry order; a delivery whose handlers all finish
 /// there (the common case) is complete after that one poll. Async handlers still pending then run
-/// concurrently, each until its end or its timeout, and the future resolves after the last.
+/// concurrently, each until its end or its timeout, and the future resolves after the last. (Each
+/// pending handler is polled once more within that first poll: that poll starts its timeout.)
 ///
-/// It is `Send`, so a task that awaits it can run on any runtime worker. Polling it after it resolved
-/// panics.
+/// Dropping it before it resolves cancels the handlers still pending: their futures are dropped, as
+/// at a timeout, but [`Dispatcher::stats`] counts them only as calls (not as timeouts, and without
+/// their time).
+///
+/// It is `Send`, so a task that awaits it can run on any runtime worker. Polling it after it resolved,
+/// or after a poll that panicked (a handler's panic without isolation), panics: the event is never
+/// delivered twice by one `Deliver`.
 #[must_use = "a delivery does nothing until it is awaited"]
 pub struct Deliver<'a, E: Event>(Delivering<'a, E, Failures>);
 
@@ -902,7 +909,7 @@ impl<E: Event> std::fmt::Debug for Deliver<'_, E> {
         let state = match (&d.outcomes, &d.waiting) {
             (Some(_), None) => "not started",
             (Some(_), Some(_)) => "waiting for async handlers",
-            (None, _) => "done",
+            (None, _) => "resolved (or a poll panicked)",
         };
         f.debug_struct("Deliver")
             .field("event", &E::NAME)
@@ -968,9 +975,10 @@ impl Outcomes<()> for Detailed<'_> {
 /// nothing of it kept in the future between polls but what pending async handlers need. Resolves to
 /// its [`Outcomes`]. (As an `async fn` that took the first polls in a `poll_fn`, every argument and
 /// capture was stored into the future's state before the loop and read back from it: one async
-/// handler without isolation cost 446 instructions per event, 363 with mimalloc; now 396 and 296. A
-/// plain `fn` handler's delivery costs ~7 more, 101 → 108: this struct is stored whole before it
-/// is polled, and its `waiting` tested when it is dropped.)
+/// handler that does not take its context, without isolation, cost 446 instructions per event, 363
+/// with mimalloc; written out, 396 and 296 (371 and 271 with the context lent, not copied). A plain
+/// `fn` handler's delivery costs ~7 more, 101 → 108: this struct is stored whole before it is
+/// polled, and its `waiting` tested when it is dropped.)
 struct Delivering<'a, E: Event, O> {
     dispatcher: &'a Dispatcher,
     event: &'a E,
@@ -996,29 +1004,33 @@ impl<'a, E: Event, O: Outcomes<E::Output> + Unpin> Future for Delivering<'a, E, 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
         let this = self.get_mut();
-        let waiting = match &mut this.waiting {
-            Some(waiting) => waiting,
-            None => {
-                let Some(outcomes) = this.outcomes.as_mut() else { panic!("a delivery polled after it resolved") };
-                let d = this.dispatcher;
-                // Nothing here suspends, so the thread, and with it this thread's tally, stays.
-                let tally = d.delivered::<E>();
-                let list = d.registry.hook_list::<E>();
-                if list.all_sync() {
-                    d.deliver_sync(tally, list.as_slice(), this.event, this.attempt, outcomes);
-                    return Poll::Ready(this.outcomes.take().expect("checked above"));
-                }
-                let pending = d.start_all(cx, tally, list.as_slice(), this.event, this.attempt, outcomes);
-                if pending.is_empty() {
-                    return Poll::Ready(this.outcomes.take().expect("checked above"));
-                }
-                // Polled right away, below: that starts each one's timeout.
-                this.waiting.insert(Box::new(futures::future::join_all(pending)))
+        if this.waiting.is_none() {
+            // The first poll. `outcomes` leaves `self` while the handlers run, so that a poll after
+            // one that panicked (a handler without isolation) panics too instead of delivering the
+            // event a second time.
+            let Some(mut outcomes) = this.outcomes.take() else {
+                panic!("a delivery polled after it resolved or panicked")
+            };
+            let d = this.dispatcher;
+            // Nothing here suspends, so the thread, and with it this thread's tally, stays.
+            let tally = d.delivered::<E>();
+            let list = d.registry.hook_list::<E>();
+            if list.all_sync() {
+                d.deliver_sync(tally, list.as_slice(), this.event, this.attempt, &mut outcomes);
+                return Poll::Ready(outcomes);
             }
-        };
+            let pending = d.start_all(cx, tally, list.as_slice(), this.event, this.attempt, &mut outcomes);
+            if pending.is_empty() {
+                return Poll::Ready(outcomes);
+            }
+            this.outcomes = Some(outcomes);
+            // Polled right away, below: that starts each one's timeout.
+            this.waiting = Some(Box::new(futures::future::join_all(pending)));
+        }
+        let waiting = this.waiting.as_mut().expect("set by the first poll");
         let done = std::task::ready!(Pin::new(&mut **waiting).poll(cx));
         this.waiting = None;
-        let mut outcomes = this.outcomes.take().expect("taken only when the delivery resolves");
+        let mut outcomes = this.outcomes.take().expect("kept while handlers are pending");
         for (i, result) in done {
             outcomes.report(i, result);
         }
@@ -1095,6 +1107,20 @@ mod tests {
         Box::pin(std::future::pending())
     }
 
+    /// Plain handlers that count their calls, one per test (the tests run in parallel).
+    static BEHIND_WAITER: AtomicUsize = AtomicUsize::new(0);
+    static BEHIND_PANIC: AtomicUsize = AtomicUsize::new(0);
+
+    fn behind_waiter(_ev: &MessageReceived, _ctx: &HookContext<'_>) -> Result<(), HookError> {
+        BEHIND_WAITER.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn behind_panic(_ev: &MessageReceived, _ctx: &HookContext<'_>) -> Result<(), HookError> {
+        BEHIND_PANIC.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
     fn is_send<T: Send>(_: &T) {}
 
     /// `deliver`'s future is lazy (the doc says so), `Send`, and refuses a poll after it resolved
@@ -1116,6 +1142,96 @@ mod tests {
         assert!(again.is_err(), "a second poll after the delivery resolved must panic");
         assert_eq!(CALLS.load(Ordering::SeqCst), before + 1, "and must not call the handler again");
         assert_eq!(dispatcher.stats()[0].calls, 1);
+    }
+
+    static PANICS_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn panics(_ev: &MessageReceived, _ctx: &HookContext<'_>) -> Result<(), HookError> {
+        PANICS_CALLS.fetch_add(1, Ordering::SeqCst);
+        panic!("a handler without isolation panics");
+    }
+
+    /// Without isolation a handler's panic reaches the caller through the delivery's poll; polling
+    /// that delivery again panics as well, and does not deliver the event a second time.
+    #[test]
+    fn a_delivery_whose_poll_panicked_does_not_deliver_again() {
+        let registry = Registry::empty().with(Hook::from_sync("panics", panics));
+        let config = DispatchConfig { isolation: Isolation::Off, ..DispatchConfig::default() };
+        let dispatcher = Dispatcher::with_config(registry, State::new(), config);
+        let ev = message();
+        let mut delivery = std::pin::pin!(dispatcher.deliver(&ev));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let first = catch_unwind(AssertUnwindSafe(|| delivery.as_mut().poll(&mut cx)));
+        assert!(first.is_err(), "the handler's panic propagates without isolation");
+        let again = catch_unwind(AssertUnwindSafe(|| delivery.as_mut().poll(&mut cx)));
+        assert!(again.is_err(), "a poll after a panicked one must panic");
+        assert_eq!(PANICS_CALLS.load(Ordering::SeqCst), 1, "the handler ran once");
+        assert_eq!(dispatcher.stats()[0].calls, 1, "one delivery counted");
+    }
+
+    /// Sets its flag when dropped: tells whether a handler's future was dropped.
+    struct DropFlag(&'static std::sync::atomic::AtomicBool);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    static WAITER_DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Pending until its event's sender wakes it: here, never.
+    fn waits<'a>(_ev: &'a MessageReceived, _ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            let _flag = DropFlag(&WAITER_DROPPED);
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    }
+
+    /// Dropping a delivery with a handler still pending drops that handler's future (it is
+    /// cancelled), counts it as a call only, and leaves the dispatcher able to deliver again.
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_delivery_cancels_its_pending_handlers() {
+        let registry = Registry::empty()
+            .with(Hook::from_async("waits", waits))
+            .with(Hook::from_sync("behind_waiter", behind_waiter));
+        let dispatcher = Dispatcher::new(registry);
+        let ev = message();
+        let before = BEHIND_WAITER.load(Ordering::SeqCst);
+        let cut = tokio::time::timeout(Duration::from_millis(10), dispatcher.deliver(&ev)).await;
+        assert!(cut.is_err(), "the waiting handler keeps the delivery pending");
+        assert!(WAITER_DROPPED.load(Ordering::SeqCst), "its future was dropped with the delivery");
+        assert_eq!(BEHIND_WAITER.load(Ordering::SeqCst), before + 1, "the plain handler behind it ran");
+        let waits = dispatcher.stats().into_iter().find(|s| s.name == "waits").expect("stats");
+        assert_eq!((waits.calls, waits.timeouts, waits.errors), (1, 0, 0));
+        // The next delivery is whole again: it too is cut, and counts a second call.
+        WAITER_DROPPED.store(false, Ordering::SeqCst);
+        assert!(tokio::time::timeout(Duration::from_millis(10), dispatcher.deliver(&ev)).await.is_err());
+        assert!(WAITER_DROPPED.load(Ordering::SeqCst));
+        assert_eq!(BEHIND_WAITER.load(Ordering::SeqCst), before + 2);
+    }
+
+    /// Panics in its first poll, before any await.
+    fn panics_first<'a>(_ev: &'a MessageReceived, _ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async move { panic!("an async handler panics on its first poll") })
+    }
+
+    /// With isolation, an async handler that panics on its first poll is one failure among the
+    /// handlers; the ones after it still run.
+    #[tokio::test]
+    async fn an_async_handler_panicking_on_its_first_poll_is_contained() {
+        let registry = Registry::empty()
+            .with(Hook::from_async("panics_first", panics_first))
+            .with(Hook::from_sync("behind_panic", behind_panic));
+        let dispatcher = Dispatcher::new(registry);
+        let before = BEHIND_PANIC.load(Ordering::SeqCst);
+        let delivery = dispatcher.deliver(&message()).await;
+        assert_eq!(delivery, Delivery { handlers: 2, failed: 1 });
+        assert_eq!(BEHIND_PANIC.load(Ordering::SeqCst), before + 1);
+        let stats = dispatcher.stats().into_iter().find(|s| s.name == "panics_first").expect("stats");
+        assert_eq!((stats.calls, stats.panics), (1, 1));
     }
 
     /// A handler pending after its first poll gets its timeout at once, in that same poll of the

@@ -74,6 +74,27 @@ pub type SyncHandler<E> = fn(&E, &HookContext<'_>) -> Result<<E as Event>::Outpu
 /// that needs the context in its future copies it in (`HookContext` is `Copy`, ~80 bytes), and the
 /// macro's shim does so only for a function that takes it. The dispatcher thus keeps no contexts for
 /// pending futures to borrow, and copies none for handlers that do not use theirs.
+///
+/// Written by hand (tests, tools), a handler that uses its context after an `.await` copies it first:
+///
+/// ```
+/// use futures::future::BoxFuture;
+/// use hooks_core::event::SessionEnd;
+/// use hooks_core::registry::{Hook, Registry};
+/// use hooks_core::{HookContext, HookError};
+///
+/// fn archive<'a>(ev: &'a SessionEnd, ctx: &HookContext<'a>) -> BoxFuture<'a, Result<(), HookError>> {
+///     let ctx = *ctx; // lent for this call only: the future keeps a copy
+///     Box::pin(async move {
+///         tokio::task::yield_now().await;
+///         assert_eq!(ctx.session_id(), Some(ev.session_id));
+///         Ok(())
+///     })
+/// }
+///
+/// let registry = Registry::empty().with(Hook::<SessionEnd>::from_async("archive", archive));
+/// assert_eq!(registry.hooks::<SessionEnd>().len(), 1);
+/// ```
 pub type AsyncHandler<E> =
     for<'a, 'b> fn(&'a E, &'b HookContext<'a>) -> BoxFuture<'a, Result<<E as Event>::Output, HookError>>;
 

@@ -12,7 +12,7 @@
 //! (`<UserType as EventArg<SessionEnd>>::from_event(ev)`), so rustc's error lands under the user's
 //! type, even through a type alias, and the call itself still type-checks (one error, no cascade).
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Ident, Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
@@ -37,16 +37,20 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
         None => quote!(#p::None),
     };
 
+    // The shim's arguments, named with mixed-site hygiene: a hook function named `ev` or `ctx`
+    // (spanned at the call site) still names the function, not the argument.
+    let ev = Ident::new("ev", Span::mixed_site());
+    let ctx = Ident::new("ctx", Span::mixed_site());
     let user_event = erase_lifetimes(&hook.sig.event_ty);
     let ev_arg = quote_spanned! {user_event.span()=>
-        <#user_event as #p::EventArg<#event_ty>>::from_event(ev)
+        <#user_event as #p::EventArg<#event_ty>>::from_event(#ev)
     };
     let args = match &hook.sig.ctx_ty {
         Some(ctx_ty) => {
             let mut user_ctx = erase_lifetimes(ctx_ty);
             add_context_lifetime(&mut user_ctx);
             let ctx_arg = quote_spanned! {user_ctx.span()=>
-                <#user_ctx as #p::ContextArg<'_>>::from_context(ctx)
+                <#user_ctx as #p::ContextArg<'_>>::from_context(#ctx)
             };
             quote!(#ev_arg, #ctx_arg)
         }
@@ -69,9 +73,9 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
         // it gets a copy kept in the boxed future, which lends it to the user's; one that does not
         // gets a future without it (the context is ~80 bytes).
         let boxed = respan(quote!(#p::Box::pin), hook.sig.name_span);
-        let (lend, unused) = match hook.sig.ctx_ty {
-            Some(_) => (quote!(let ctx = &ctx;), quote!(let ctx = *ctx;)),
-            None => (quote!(), quote!(let _ = ctx;)),
+        let (copy, lend) = match hook.sig.ctx_ty {
+            Some(_) => (quote!(let #ctx = *#ctx;), quote!(let #ctx = &#ctx;)),
+            None => (quote!(let _ = #ctx;), quote!()),
         };
         let call = quote_spanned! {hook.sig.name_span=>
             #boxed(async move {
@@ -80,8 +84,8 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
             })
         };
         let shim = quote! {
-            fn __hook_shim<'a>(ev: &'a #event_ty, ctx: &#p::HookContext<'a>) -> #p::BoxFuture<'a, #result> {
-                #unused
+            fn __hook_shim<'a>(#ev: &'a #event_ty, #ctx: &#p::HookContext<'a>) -> #p::BoxFuture<'a, #result> {
+                #copy
                 #call
             }
         };
@@ -89,8 +93,8 @@ pub(crate) fn expand(hook: &Hook<'_>) -> TokenStream {
     } else {
         let body = quote!(#into_output(#name(#args)));
         let shim = quote! {
-            fn __hook_shim(ev: &#event_ty, ctx: &#p::HookContext<'_>) -> #result {
-                let _ = ctx;
+            fn __hook_shim(#ev: &#event_ty, #ctx: &#p::HookContext<'_>) -> #result {
+                let _ = #ctx;
                 #body
             }
         };

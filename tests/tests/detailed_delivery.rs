@@ -1,15 +1,19 @@
 //! `Dispatcher::deliver_any_detailed`, which an outbox uses to record delivery per handler: every
 //! handler's outcome in registry order, handlers named in `skip` not called, and the same answers
-//! whether a hook list is all plain `fn`s (the sequential fast path) or mixes in async handlers.
+//! whether a hook list is all plain `fn`s (the sequential fast path) or mixes in async handlers, and
+//! whether an async handler finishes on its first poll or later, after the handlers behind it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hooks_core::dispatch::Dispatcher;
-use hooks_core::event::{AgentTurnStart, AnyEvent, EventId, MessageReceived, SessionId, SessionKey};
+use hooks_core::event::{
+    AgentTurnEnd, AgentTurnStart, AnyEvent, EventId, MessageReceived, SessionId, SessionKey, TurnOutcome,
+};
 use hooks_core::prelude::*;
 
 static SYNC_CALLS: [AtomicUsize; 3] = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
 static MIXED_CALLS: [AtomicUsize; 3] = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+static PENDING_CALLS: [AtomicUsize; 3] = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
 
 #[hook(message_received, priority = -30)]
 fn sync_first(_ev: &MessageReceived) {
@@ -41,6 +45,24 @@ async fn mixed_fails(_ev: &AgentTurnStart) -> Result<(), HookError> {
 #[hook(agent_turn_start, priority = -10)]
 fn mixed_last(_ev: &AgentTurnStart) {
     MIXED_CALLS[2].fetch_add(1, Ordering::SeqCst);
+}
+
+#[hook(agent_turn_end, priority = -30)]
+fn pending_first(_ev: &AgentTurnEnd) {
+    PENDING_CALLS[0].fetch_add(1, Ordering::SeqCst);
+}
+
+/// Fails after an await: pending on its first poll, so its outcome comes after `pending_last` ran.
+#[hook(agent_turn_end, priority = -20)]
+async fn pending_fails(_ev: &AgentTurnEnd) -> Result<(), HookError> {
+    PENDING_CALLS[1].fetch_add(1, Ordering::SeqCst);
+    tokio::task::yield_now().await;
+    Err(HookError::msg("no disk"))
+}
+
+#[hook(agent_turn_end, priority = -10)]
+fn pending_last(_ev: &AgentTurnEnd) {
+    PENDING_CALLS[2].fetch_add(1, Ordering::SeqCst);
 }
 
 fn key() -> SessionKey {
@@ -83,4 +105,8 @@ async fn every_handler_is_reported_in_order_and_skipped_ones_are_not_called() {
     let turn = AgentTurnStart::new(EventId::from_u128(3), SessionId::from_u128(2), key(), at, "q");
     check(&dispatcher, AnyEvent::AgentTurnStart(turn), ["mixed_first", "mixed_fails", "mixed_last"], &MIXED_CALLS)
         .await;
+    let reply = TurnOutcome::Reply { text: "a".into() };
+    let end = AgentTurnEnd::new(EventId::from_u128(4), SessionId::from_u128(2), key(), at, at, reply);
+    let names = ["pending_first", "pending_fails", "pending_last"];
+    check(&dispatcher, AnyEvent::AgentTurnEnd(end), names, &PENDING_CALLS).await;
 }

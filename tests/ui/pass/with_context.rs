@@ -9,6 +9,9 @@ struct Greeting(&'static str);
 
 #[hook(message_received, timeout = "500ms")]
 async fn greet(ev: &MessageReceived, ctx: &HookContext) -> Result<(), HookError> {
+    // Pending on its first poll: the handlers after it start before it goes on, and its context must
+    // still be its own.
+    tokio::task::yield_now().await;
     let greeting = ctx.state::<Greeting>().ok_or("no greeting")?;
     assert_eq!(greeting.0, "hello");
     assert_eq!(ctx.hook_name(), "greet");
@@ -34,6 +37,12 @@ fn named_lifetime<'a>(_: &'a MessageReceived, ctx: &'a HookContext<'a>) -> Resul
     Ok(())
 }
 
+#[hook(message_received)]
+async fn named_lifetime_async<'a>(ev: &'a MessageReceived, ctx: &'a HookContext<'a>) {
+    tokio::task::yield_now().await;
+    assert_eq!((ctx.hook_name(), ctx.event_id()), ("named_lifetime_async", ev.event_id));
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let state = State::new().with(Greeting("hello"));
@@ -47,5 +56,5 @@ async fn main() {
         "hi",
     );
     let delivery = dispatcher.deliver(&ev).await;
-    assert_eq!((delivery.handlers, delivery.failed), (4, 0));
+    assert_eq!((delivery.handlers, delivery.failed), (5, 0));
 }
