@@ -480,14 +480,14 @@ impl Dispatcher {
     /// until every handler is done. Most handlers finish on their first poll, so the common case
     /// allocates nothing beyond each handler's own future (which holds a copy of the context if the
     /// handler takes one). A pending one costs two allocations more (its [`PendingCall`], and the
-    /// join of them all, made once per delivery). Only handlers
-    /// that `outcomes` calls are called (the others are counted as not called); `outcomes` hears the
-    /// result of each one that finished (already logged and counted). Returns the ones still pending,
-    /// each waiting for its end. `tally` is this thread's (this runs within one poll).
+    /// join of them all, made once per delivery). Only handlers that `outcomes` calls are called (the
+    /// others are counted as not called); `outcomes` hears the result of each one that finished
+    /// (already logged and counted). Returns the ones still pending, each waiting for its end.
+    /// `tally` is this thread's (this runs within one poll).
     #[inline]
     fn start_all<'a, E: Event>(
         &'a self,
-        cx: &mut std::task::Context<'_>,
+        cx: &mut Context<'_>,
         tally: &Tally,
         hooks: &'a [Hook<E>],
         event: &'a E,
@@ -531,12 +531,12 @@ impl Dispatcher {
                 Isolation::Contained => catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))),
             };
             let result = match first {
-                Ok(std::task::Poll::Pending) => {
+                Ok(Poll::Pending) => {
                     let finish = self.finish_async(i, hook, event, future, started, ctx.timeout);
                     waiting.push(Box::pin(async move { (i, finish.await) }) as PendingCall<'a, E>);
                     continue;
                 }
-                Ok(std::task::Poll::Ready(result)) => result.map_err(Failure::Error),
+                Ok(Poll::Ready(result)) => result.map_err(Failure::Error),
                 Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
             };
             if let Some(started) = started {
