@@ -119,7 +119,10 @@ fn a_killed_durable_replay_leaves_a_database_that_serve_recovers_exactly_once() 
     let work = tempfile::tempdir().unwrap();
     let input = input(work.path());
     let mut killed = 0;
-    // Kill points spread over the run, from early (first commits) to late.
+    // Kill points spread over the run, from early (first commits) to late, counted from when the
+    // database appears: the process's start-up can stall for hundreds of milliseconds (its first
+    // `fsync` waits behind the write-back of a build that just finished), which with delays counted
+    // from the spawn left too few kills mid-way on a loaded machine.
     for (cycle, delay_ms) in [40u64, 90, 150, 230, 320, 450].into_iter().enumerate() {
         let data = work.path().join(format!("cycle{cycle}"));
         std::fs::create_dir_all(&data).unwrap();
@@ -137,6 +140,10 @@ fn a_killed_durable_replay_leaves_a_database_that_serve_recovers_exactly_once() 
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let spawned = std::time::Instant::now();
+        while !db.exists() && replay.try_wait().unwrap().is_none() && spawned.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         if replay.try_wait().unwrap().is_some() {
             continue; // Finished before the kill: nothing to recover.
@@ -208,7 +215,7 @@ fn a_killed_durable_replay_leaves_a_database_that_serve_recovers_exactly_once() 
         assert_eq!(count("SELECT count(*) FROM sessions WHERE state = 'open'"), 0, "cycle {cycle}");
         assert_eq!(count("SELECT count(*) FROM outbox"), 0, "cycle {cycle}: the outbox was not drained");
         eprintln!(
-            "cycle {cycle}: killed after {delay_ms} ms: {} sessions, {} open, {} pending events",
+            "cycle {cycle}: killed {delay_ms} ms after the database appeared: {} sessions, {} open, {} pending events",
             before.sessions.len(),
             before.open.len(),
             before.pending.len()
