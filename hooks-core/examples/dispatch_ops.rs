@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Arguments: `sync` or `async` handlers; `direct` (the limit: the functions called or awaited in
-//! sequence), `off` (no isolation) or `contained`; N, the number of handlers; the number of events.
+//! sequence), `walk` (the hook list walked by hand, the setup's `walk`), `off` (no isolation) or
+//! `contained`; N, the number of handlers; the number of events.
 //! Divide the callgrind total (`Ir`) by the last. Without valgrind it prints the wall-clock time per
 //! event (one run, for a quick look; criterion's figures are the ones to quote).
 
@@ -22,7 +23,7 @@ use std::time::Instant;
 
 use hooks_core::dispatch::{Dispatcher, Isolation};
 use hooks_core::event::MessageReceived;
-use setup::{dispatcher, event, noop, noop_async};
+use setup::{dispatcher, event, noop, noop_async, walk};
 use tokio::runtime::Runtime;
 
 /// Plain functions around `block_on`, so that callgrind's toggle finds them (a future's `poll` may be
@@ -32,6 +33,15 @@ fn measured_dispatch(rt: &Runtime, dispatcher: &Dispatcher, ev: &MessageReceived
     rt.block_on(async {
         for _ in 0..events {
             black_box(dispatcher.deliver(black_box(ev)).await);
+        }
+    });
+}
+
+#[inline(never)]
+fn measured_walk(rt: &Runtime, dispatcher: &Dispatcher, ev: &MessageReceived, events: usize) {
+    rt.block_on(async {
+        for _ in 0..events {
+            black_box(walk(dispatcher, black_box(ev)).await);
         }
     });
 }
@@ -54,7 +64,7 @@ fn measured_direct(rt: &Runtime, is_async: bool, n: usize, ev: &MessageReceived,
 pub(crate) fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [kind, mode, n, events] = args.as_slice() else {
-        eprintln!("usage: dispatch_ops sync|async direct|off|contained N EVENTS");
+        eprintln!("usage: dispatch_ops sync|async direct|walk|off|contained N EVENTS");
         return ExitCode::from(2);
     };
     let is_async = match kind.as_str() {
@@ -65,12 +75,19 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let isolation = match mode.as_str() {
-        "direct" => None,
-        "off" => Some(Isolation::Off),
-        "contained" => Some(Isolation::Contained),
+    /// What is measured: the functions themselves, the list walked by hand, or the dispatcher.
+    enum Mode {
+        Direct,
+        Walk,
+        Dispatch(Isolation),
+    }
+    let measured = match mode.as_str() {
+        "direct" => Mode::Direct,
+        "walk" => Mode::Walk,
+        "off" => Mode::Dispatch(Isolation::Off),
+        "contained" => Mode::Dispatch(Isolation::Contained),
         other => {
-            eprintln!("unknown mode {other:?}: expected direct, off or contained");
+            eprintln!("unknown mode {other:?}: expected direct, walk, off or contained");
             return ExitCode::from(2);
         }
     };
@@ -81,12 +98,18 @@ pub(crate) fn main() -> ExitCode {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let ev = event();
     // Made before the count starts: the first dispatcher in a process calibrates the clock that times
-    // isolated handlers (~0.6 ms, once), which is no cost per event.
-    let dispatcher = isolation.map(|isolation| dispatcher(n, is_async, isolation));
+    // isolated handlers (~0.6 ms, once), which is no cost per event. The walk reads the hook list of
+    // a dispatcher without isolation.
+    let dispatcher = match measured {
+        Mode::Direct => None,
+        Mode::Walk => Some(dispatcher(n, is_async, Isolation::Off)),
+        Mode::Dispatch(isolation) => Some(dispatcher(n, is_async, isolation)),
+    };
     let started = Instant::now();
-    match &dispatcher {
-        None => measured_direct(&rt, is_async, n, &ev, events),
-        Some(dispatcher) => measured_dispatch(&rt, dispatcher, &ev, events),
+    match (&measured, &dispatcher) {
+        (Mode::Walk, Some(dispatcher)) => measured_walk(&rt, dispatcher, &ev, events),
+        (Mode::Dispatch(_), Some(dispatcher)) => measured_dispatch(&rt, dispatcher, &ev, events),
+        _ => measured_direct(&rt, is_async, n, &ev, events),
     }
     let per_event = started.elapsed().as_nanos() as f64 / events.max(1) as f64;
     println!("{kind} {mode} N={n}: {per_event:.1} ns per event ({events} events)");

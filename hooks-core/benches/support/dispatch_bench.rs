@@ -1,7 +1,8 @@
 //! The dispatch benchmark's body, shared by `benches/dispatch.rs` (the system allocator) and
 //! `benches/dispatch_mimalloc.rs` (mimalloc, as `gateway-example` runs): one event to N = 1, 10, 100
 //! no-op handlers, with and without isolation, against the limit, a hand-written sequence of direct
-//! calls (or awaits) of the same functions.
+//! calls (or awaits) of the same functions, and against the hook list walked by hand
+//! ([`walk`](crate::setup::walk), label `walk`).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion};
 use hooks_core::dispatch::Isolation;
 
-use crate::setup::{dispatcher, event, noop, noop_async};
+use crate::setup::{dispatcher, event, noop, noop_async, walk};
 
 const NS: [usize; 3] = [1, 10, 100];
 
@@ -32,6 +33,10 @@ pub(crate) fn bench(c: &mut Criterion, kinds: &[bool], suffix: &str) {
                         }
                     }
                 });
+            });
+            let off = Arc::new(dispatcher(n, is_async, Isolation::Off));
+            group.bench_with_input(BenchmarkId::new("walk", n), &n, |b, _| {
+                b.to_async(&rt).iter(|| walk(&off, black_box(&ev)));
             });
             for (label, isolation) in [("no_isolation", Isolation::Off), ("isolated", Isolation::Contained)] {
                 let d = Arc::new(dispatcher(n, is_async, isolation));
