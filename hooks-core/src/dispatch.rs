@@ -482,10 +482,14 @@ impl Dispatcher {
     /// handler takes one). A pending one costs two allocations more (its [`PendingCall`], and the
     /// join of them all, made once per delivery). Only handlers that `outcomes` calls are called (the
     /// others are counted as not called); `outcomes` hears the result of each one that finished
-    /// (already logged and counted). Returns the ones still pending, each waiting for its end.
-    /// `tally` is this thread's (this runs within one poll).
+    /// (already logged and counted). Returns the ones still pending, each waiting for its end, or
+    /// `None` if none is. `tally` is this thread's (this runs within one poll).
+    ///
+    /// `ISOLATED` is whether the dispatcher's isolation is [`Isolation::Contained`]: the loop is
+    /// compiled once for each setting, so that the one without isolation carries none of the clock
+    /// and panic-catching branches.
     #[inline]
-    fn start_all<'a, E: Event>(
+    fn start_all<'a, E: Event, const ISOLATED: bool>(
         &'a self,
         cx: &mut Context<'_>,
         tally: &Tally,
@@ -493,18 +497,17 @@ impl Dispatcher {
         event: &'a E,
         attempt: u32,
         outcomes: &mut impl Outcomes<E::Output>,
-    ) -> Vec<PendingCall<'a, E>> {
+    ) -> Option<Vec<PendingCall<'a, E>>> {
         // One context for all the handlers, as in `deliver_sync`: an async handler is lent it for the
         // call only, and copies it into its future if it needs it there.
         let mut ctx = self.context(event, attempt);
-        let mut waiting = Vec::new();
+        let mut waiting = None;
         // With isolation, the reading at which the previous handler ended, which is when the next one
         // starts: one clock read per handler instead of two, as in `deliver_sync`. Plain `fn` handlers
         // chain stopwatch readings; async ones chain readings of tokio's clock, so that their timeouts
         // follow paused time in tests like every tokio timer.
         let (mut clock, mut async_clock) = (None, None);
-        // Read once: `self` holds atomics, so the compiler would read it again after every call.
-        let isolation = self.config.isolation;
+        let isolation = if ISOLATED { Isolation::Contained } else { Isolation::Off };
         let tallies = tally.handlers::<E>();
         debug_assert_eq!(tallies.len(), hooks.len());
         for ((i, hook), mine) in hooks.iter().enumerate().zip(tallies) {
@@ -533,7 +536,8 @@ impl Dispatcher {
             let result = match first {
                 Ok(Poll::Pending) => {
                     let finish = self.finish_async(i, hook, event, future, started, ctx.timeout);
-                    waiting.push(Box::pin(async move { (i, finish.await) }) as PendingCall<'a, E>);
+                    let call = Box::pin(async move { (i, finish.await) }) as PendingCall<'a, E>;
+                    waiting.get_or_insert_with(Vec::new).push(call);
                     continue;
                 }
                 Ok(Poll::Ready(result)) => result.map_err(Failure::Error),
@@ -1019,10 +1023,14 @@ impl<'a, E: Event, O: Outcomes<E::Output> + Unpin> Future for Delivering<'a, E, 
                 d.deliver_sync(tally, list.as_slice(), this.event, this.attempt, &mut outcomes);
                 return Poll::Ready(outcomes);
             }
-            let pending = d.start_all(cx, tally, list.as_slice(), this.event, this.attempt, &mut outcomes);
-            if pending.is_empty() {
+            let (hooks, event, attempt) = (list.as_slice(), this.event, this.attempt);
+            let pending = match d.config.isolation {
+                Isolation::Contained => d.start_all::<E, true>(cx, tally, hooks, event, attempt, &mut outcomes),
+                Isolation::Off => d.start_all::<E, false>(cx, tally, hooks, event, attempt, &mut outcomes),
+            };
+            let Some(pending) = pending else {
                 return Poll::Ready(outcomes);
-            }
+            };
             this.outcomes = Some(outcomes);
             // Polled right away, below: that starts each one's timeout.
             this.waiting = Some(Box::new(futures::future::join_all(pending)));
