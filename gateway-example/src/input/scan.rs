@@ -15,7 +15,7 @@
 //! Why: serde's derived visitor, the lenient field wrapper and jiff's general RFC 3339 parser cost
 //! ~3,300 instructions per record of the tiled corpora, a third of a whole replay; with this scanner
 //! a line costs ~1,190, UTF-8 validation included (~1,400 when it was written; callgrind,
-//! docs/benchmarks.md).
+//! docs/benchmarks-history.md, section 3, session 5).
 
 use std::borrow::Cow;
 
