@@ -980,9 +980,10 @@ impl Outcomes<()> for Detailed<'_> {
 /// its [`Outcomes`]. (As an `async fn` that took the first polls in a `poll_fn`, every argument and
 /// capture was stored into the future's state before the loop and read back from it: one async
 /// handler that does not take its context, without isolation, cost 446 instructions per event, 363
-/// with mimalloc; written out, 396 and 296 (371 and 271 with the context lent, not copied). A plain
-/// `fn` handler's delivery costs ~7 more, 101 → 108: this struct is stored whole before it is
-/// polled, and its `waiting` tested when it is dropped.)
+/// with mimalloc; written out, 396 and 296 (371 and 271 with the context lent, not copied; 338 and
+/// 256 since [`Dispatcher::start_all`] is compiled per isolation setting). A plain `fn` handler's
+/// delivery cost ~7 more when this was written, 101 → 108 (105 now): this struct is stored whole
+/// before it is polled, and its `waiting` tested when it is dropped.)
 struct Delivering<'a, E: Event, O> {
     dispatcher: &'a Dispatcher,
     event: &'a E,
