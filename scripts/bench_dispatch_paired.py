@@ -15,13 +15,16 @@ highest round. The goal figures, as in bench_dispatch.py:
   the system allocator (`dispatch_ops`) and with mimalloc (`dispatch_ops_mimalloc`, as the gateway
   runs), and the same for the walk.
 
-Usage: python3 scripts/bench_dispatch_paired.py [ROUNDS]   (default 9; about 2 minutes)
+Usage: python3 scripts/bench_dispatch_paired.py [ROUNDS]   (default 9; about a minute)
 """
 import os, re, statistics, subprocess, sys
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 9
-target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+if rounds < 1:
+    sys.exit("ROUNDS must be 1 or more")
+# cargo runs from the root, so a relative CARGO_TARGET_DIR is relative to it.
+target = os.path.join(root, os.environ.get("CARGO_TARGET_DIR", "target"))
 subprocess.run(["cargo", "build", "-q", "--release", "-p", "hooks-core",
                 "--example", "dispatch_ops", "--example", "dispatch_ops_mimalloc"], cwd=root, check=True)
 examples = os.path.join(target, "release", "examples")
@@ -43,13 +46,13 @@ def spread(values, fmt):
 
 
 cases = [("sync", "dispatch_ops"), ("async", "dispatch_ops"), ("async", "dispatch_ops_mimalloc")]
-print(f"{rounds} rounds; each round runs direct, walk and the dispatcher (no isolation) in turn")
+print(f"{rounds} rounds; each round runs direct, walk and the dispatcher (no isolation), in rotating order")
 for kind, binary in cases:
     allocator = "mimalloc" if binary.endswith("mimalloc") else "system allocator"
     for n in [1, 10, 100]:
         times = {m: [] for m in MODES}
-        for _ in range(rounds):
-            for mode in MODES:
+        for r in range(rounds):
+            for mode in MODES[r % 3:] + MODES[:r % 3]:
                 times[mode].append(time_per_event(binary, kind, mode, n))
         pairs = list(zip(times["direct"], times["walk"], times["off"]))
         if kind == "sync":

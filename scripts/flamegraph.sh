@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Flame graphs of where the wall time goes, from perf's cpu-clock samples with DWARF call stacks
+# Flame graphs of where the CPU time goes, from perf's cpu-clock samples with DWARF call stacks
 # (inlined frames included), folded and drawn by inferno. docs/benchmarks.md says what they showed.
 #
 # Usage:
@@ -17,14 +17,15 @@
 #
 # Needs perf (Debian: linux-perf; installed with apt-get when missing and run as root) and inferno
 # (installed once into target/tools with cargo). Sampling other users' processes or the kernel needs
-# root or kernel.perf_event_paranoid <= 1. On this project's VM there are no hardware counters, so
-# perf samples the cpu-clock software event; the rate is FREQ samples per second (default 2000).
+# root or kernel.perf_event_paranoid <= 1. perf samples the cpu-clock software event (the only one
+# on this project's VM, which has no hardware counters), FREQ times a second (default 2000).
 # Frames narrower than MINWIDTH percent of the whole are left out of the drawing (default 0.1; the
 # folded file keeps them all).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
+case "$target" in /*) ;; *) target="$root/$target" ;; esac # cargo runs from the root, below
 tools="$target/tools"
 out="$target/flamegraphs"
 freq="${FREQ:-2000}"
@@ -36,6 +37,12 @@ usage() {
     exit 2
 }
 
+case "${1:-}" in
+replay) [ $# -le 2 ] || usage ;;
+dispatch) [ $# -ge 4 ] && [ $# -le 5 ] || usage ;;
+*) usage ;;
+esac
+
 if ! command -v perf > /dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
         echo "flamegraph: installing perf (linux-perf)" >&2
@@ -45,6 +52,7 @@ if ! command -v perf > /dev/null; then
         exit 1
     fi
 fi
+cd "$root"
 if [ ! -x "$tools/bin/inferno-flamegraph" ]; then
     echo "flamegraph: installing inferno $inferno_version into $tools (once)" >&2
     cargo install --quiet --locked --version "$inferno_version" --root "$tools" inferno
@@ -63,18 +71,14 @@ replay)
     cmd=("$target/dist/gateway-example" replay "$work/tiled.jsonl" --events-out "$work/events.jsonl" --no-progress)
     ;;
 dispatch)
-    [ $# -ge 4 ] || usage
     cargo build --quiet --release -p hooks-core --example dispatch_ops
     name="dispatch-$2-$3-$4"
     cmd=("$target/release/examples/dispatch_ops" "$2" "$3" "$4" "${5:-20000000}")
     ;;
-*)
-    usage
-    ;;
 esac
 
 echo "flamegraph: sampling ${cmd[*]} at $freq Hz" >&2
-perf record --quiet -F "$freq" --call-graph dwarf,16384 -o "$work/perf.data" -- "${cmd[@]}" > /dev/null
+perf record --quiet -e cpu-clock -F "$freq" --call-graph dwarf,16384 -o "$work/perf.data" -- "${cmd[@]}" > /dev/null
 perf script -i "$work/perf.data" 2> /dev/null | "$tools/bin/inferno-collapse-perf" > "$out/$name.folded"
 # perf weighs each cpu-clock sample by its period, in nanoseconds: the counts are CPU time.
 "$tools/bin/inferno-flamegraph" --title "$name" --subtitle "perf cpu-clock samples at $freq Hz" \

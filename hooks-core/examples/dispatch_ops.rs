@@ -107,6 +107,6 @@ pub(crate) fn main() -> ExitCode {
         Measured::Dispatch(dispatcher) => measured_dispatch(&rt, dispatcher, &ev, events),
     }
     let per_event = started.elapsed().as_nanos() as f64 / events.max(1) as f64;
-    println!("{kind} {mode} N={n}: {per_event:.1} ns per event ({events} events)");
+    println!("{kind} {mode} N={n}: {per_event:.2} ns per event ({events} events)");
     ExitCode::SUCCESS
 }
