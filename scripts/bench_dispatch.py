@@ -18,7 +18,8 @@ import json, os, statistics, subprocess, sys
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+# cargo runs from the root, so a relative CARGO_TARGET_DIR is relative to it.
+target = os.path.join(root, os.environ.get("CARGO_TARGET_DIR", "target"))
 PYTHON_NS = {1: 400.0, 10: 1500.0, 100: 12000.0}
 NS = [1, 10, 100]
 LABELS = ["direct", "walk", "no_isolation", "isolated"]

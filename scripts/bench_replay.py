@@ -18,7 +18,8 @@ runs = int(args[1]) if len(args) > 1 else 5
 
 profile = os.environ.get("BENCH_PROFILE", "dist")
 subprocess.run(["cargo", "build", "--profile", profile, "-q", "-p", "gateway-example", "--bin", "gateway-example", "--example", "tile_corpus"], cwd=root, check=True)
-target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+# cargo runs from the root, so a relative CARGO_TARGET_DIR is relative to it.
+target = os.path.join(root, os.environ.get("CARGO_TARGET_DIR", "target"))
 out_dir = {"dev": "debug", "test": "debug", "bench": "release"}.get(profile, profile)  # cargo's folder
 binary = os.path.join(target, out_dir, "gateway-example")
 with tempfile.TemporaryDirectory() as tmp:
