@@ -1,28 +1,19 @@
 //! The sans-IO session engine.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::hash::BuildHasher;
 
 use compact_str::CompactString;
-use hashbrown::DefaultHashBuilder;
+use hashbrown::{DefaultHashBuilder, HashMap};
 use jiff::Timestamp;
 
 use super::command::parse_reset_command;
 use super::policy::Policy;
-use super::timers::{Timer, Timers};
 use crate::event::{
     AnyEvent, CloseReason, SessionEnd, SessionId, SessionKey, SessionStart, StartCause, Transcript, TranscriptEntry,
 };
-
-// The key → slot index: one cache line per lookup.
-mod index;
-// How the engine stores keys: packed, inline in the session's record.
-mod packed;
-// `Engine::restore`, kept apart so the engine proper reads as the replay contract.
-mod restore;
-
-use index::Index;
-use packed::{PackedKey, hash_key};
+use crate::store::RecoveredSession;
 
 /// How the engine makes session ids.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,51 +81,25 @@ impl EngineStats {
 }
 
 fn reason_index(reason: CloseReason) -> usize {
-    match reason {
-        CloseReason::UserNew => 0,
-        CloseReason::UserReset => 1,
-        CloseReason::IdleExpiry => 2,
-        CloseReason::ScheduledReset => 3,
-        CloseReason::AutoReset => 4,
-        CloseReason::Shutdown => 5,
-    }
+    CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or_default()
 }
 
-/// How many deadline-ring entries an expiry reads ahead at once, every that many expiries
-/// ([`Engine::look_ahead`]).
-const LOOK_AHEAD: usize = 4;
-
-/// The part of a slot that a message to an open session reads and writes (with transcripts off):
-/// the key to compare, the deadline and count to update, the id to answer with. 128 bytes, aligned so a
-/// record fills exactly two adjacent cache lines of one page; at 10^6 sessions a message to a cold key
-/// then costs one record fetch after the hash table's, not four lines spread over two pages.
-#[repr(align(128))]
-struct Hot {
-    /// Idle deadline (last message + idle timeout), nanoseconds since the Unix epoch.
-    deadline: i128,
+/// An open session.
+#[derive(Debug)]
+struct Session {
     id: SessionId,
-    message_count: u64,
-    /// Opening order; also the generation that tells a live timer entry from a stale one. `0` for a
-    /// vacant slot (sequence numbers start at 1).
+    /// Opening order: ties between closes at one instant go in this order.
     seq: u64,
-    key: PackedKey,
-}
-
-const _: () = assert!(std::mem::size_of::<Hot>() == 128);
-
-impl Hot {
-    const VACANT: Hot =
-        Hot { deadline: 0, id: SessionId::from_u128(0), message_count: 0, seq: 0, key: PackedKey::VACANT };
-}
-
-/// The rest of an open session, read when it opens or closes (and for its transcript).
-#[derive(Default)]
-struct Cold {
     user_id: CompactString,
     started_at: Timestamp,
+    /// Idle deadline (last message + idle timeout), nanoseconds since the Unix epoch.
+    deadline: i128,
+    /// When expiry closes it (the deadline, or the first sweep instant at or after it): its entry in
+    /// [`Engine::deadlines`] is `(due, seq)`.
+    due: i128,
+    message_count: u64,
     transcript: VecDeque<TranscriptEntry>,
-    /// Whether messages were dropped from the transcript. With a transcript limit of 0 a session that
-    /// counted a message is truncated whatever this says (so the message path need not touch this).
+    /// Whether messages were dropped from the transcript.
     truncated: bool,
 }
 
@@ -149,6 +114,11 @@ struct Cold {
 /// The engine's clock starts at the first time it is given and never moves back: an earlier time is
 /// processed at the clock's time. Closes due at the same instant happen in the order the sessions
 /// opened.
+///
+/// Open sessions are a [`hashbrown::HashMap`] by key, with the hasher `S` (a per-process random seed by
+/// default; tests inject others). Expiry deadlines are a `BTreeMap` kept exact on every message, so a
+/// message costs one hash lookup and `O(log n)`, an expiry `O(log n)`; only the daily reset and
+/// shutdown, which close every session, visit them all.
 ///
 /// ```
 /// use hooks_core::event::{AnyEvent, CloseReason, SessionKey};
@@ -166,36 +136,30 @@ struct Cold {
 /// assert_eq!(end.ended_at, "2024-05-01T10:30:00Z".parse()?);
 /// # Ok::<(), jiff::Error>(())
 /// ```
-pub struct Engine {
+pub struct Engine<S = DefaultHashBuilder> {
     policy: Policy,
+    /// The idle timeout and the sweep interval (`None` for exact timers), in nanoseconds.
     idle: i128,
     sweep: Option<i128>,
     ids: SessionIds,
+    /// Sessions opened so far: the last `seq` given.
     seq: u64,
-    /// The clock in nanoseconds and as a timestamp (kept both ways: converting back from an `i128`
-    /// costs a 128-bit division on every message).
-    now: Option<(i128, Timestamp)>,
+    /// The clock, `None` before the first input.
+    now: Option<Timestamp>,
+    /// The next daily reset, in nanoseconds since the Unix epoch.
     next_reset: Option<i128>,
-    /// The slab, split in two parallel vectors indexed by slot: what every message touches, and the rest.
-    hot: Vec<Hot>,
-    cold: Vec<Cold>,
-    free: Vec<u32>,
-    index: Index,
-    hasher: DefaultHashBuilder,
-    timers: Timers,
+    sessions: HashMap<SessionKey, Session, S>,
+    /// Every open session's expiry, `(due, seq)`: the earliest first, ties in opening order.
+    deadlines: BTreeMap<(i128, u64), SessionKey>,
     stats: EngineStats,
-    /// Entries that fell due so far (wrapping): spaces the look-aheads ([`look_ahead`](Self::look_ahead)).
-    ring_pops: u32,
-    /// What the look-aheads read, folded together so that the reads stay; never used otherwise.
-    looked_ahead: u64,
 }
 
-impl fmt::Debug for Engine {
+impl<S: BuildHasher> fmt::Debug for Engine<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
             .field("policy", &self.policy)
-            .field("now", &self.now())
-            .field("open_sessions", &self.open_sessions())
+            .field("now", &self.now)
+            .field("open_sessions", &self.sessions.len())
             .field("next_deadline", &self.next_deadline())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -210,6 +174,14 @@ fn ts(nanos: i128) -> Timestamp {
 impl Engine {
     /// An engine with no sessions and no clock yet.
     pub fn new(policy: Policy, ids: SessionIds) -> Self {
+        Self::with_hasher(policy, ids, DefaultHashBuilder::default())
+    }
+}
+
+impl<S: BuildHasher> Engine<S> {
+    /// An engine whose session map hashes keys with `hasher`. The output never depends on the hasher;
+    /// tests use this to check that with fixed seeds and with hashers that collide.
+    pub fn with_hasher(policy: Policy, ids: SessionIds, hasher: S) -> Self {
         let idle = policy.idle_timeout.as_nanos() as i128;
         let sweep = policy.sweep_interval.map(|s| s.as_nanos() as i128).filter(|&s| s > 0);
         Self {
@@ -220,48 +192,31 @@ impl Engine {
             seq: 0,
             now: None,
             next_reset: None,
-            hot: Vec::new(),
-            cold: Vec::new(),
-            free: Vec::new(),
-            index: Index::default(),
-            hasher: DefaultHashBuilder::default(),
-            timers: Timers::default(),
+            sessions: HashMap::with_hasher(hasher),
+            deadlines: BTreeMap::new(),
             stats: EngineStats::default(),
-            ring_pops: 0,
-            looked_ahead: 0,
         }
     }
 
-    /// The policy it applies.
+    /// The policy the engine applies.
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
 
-    /// Time passes to `now` (UTC; an earlier time than the clock's is ignored, the clock never moves back):
-    /// every close due at or before `now` happens, in time order, and its `SessionEnd` is appended to
-    /// `out`.
-    pub fn advance(&mut self, now: Timestamp, out: &mut Vec<AnyEvent>) {
-        let (now, _) = self.set_clock(now);
-        self.run_until(now, out);
-        self.settle_top();
+    /// Lets time pass to `at` (UTC): every close due at or before it happens, in time order (ties in
+    /// opening order). An `at` before the clock changes nothing.
+    pub fn advance(&mut self, at: Timestamp, out: &mut Vec<AnyEvent>) {
+        let t = self.set_clock(at).as_nanosecond();
+        self.run_until(t, out);
     }
 
-    /// A message for `key` from `user_id` with `text`, at `at` (UTC).
+    /// Routes a message from `user_id` for `key` at time `at` (UTC) per the replay contract: first every
+    /// close due at or before `at` happens; then, if the key's session is past its idle deadline, it
+    /// closes with `auto_reset`; if `text` is a reset command, the key's open session closes with
+    /// `user_new`/`user_reset` and a new one opens; if the key has no open session, one opens. The
+    /// message then counts toward the key's open session and moves its idle deadline.
     ///
-    /// First time passes to `at` ([`advance`](Self::advance)); then the message is routed:
-    /// 1. if the key's open session is at or past its idle deadline (possible only with a sweep
-    ///    interval), it closes at the message's time with `auto_reset`;
-    /// 2. if the text is a reset command ([`parse_reset_command`](super::parse_reset_command)) and the key
-    ///    still has an open session, that session closes with `user_new` or `user_reset` and a new one
-    ///    opens with cause `command`;
-    /// 3. otherwise, if the key has no open session, one opens with cause `auto_reset` if step 1 closed
-    ///    one, else `message`;
-    /// 4. a session opened here names the session this message closed as its `previous_session_id`;
-    /// 5. the message counts toward the open session and moves its idle deadline to its time plus the
-    ///    idle timeout.
-    ///
-    /// Events go to `out`: due closes in time order, then a `SessionEnd` before its successor's
-    /// `SessionStart`. `user_id` becomes the session's user if the message opens it.
+    /// Returns where the message went; the events that happened are appended to `out`.
     pub fn message(
         &mut self,
         key: &SessionKey,
@@ -270,63 +225,54 @@ impl Engine {
         at: Timestamp,
         out: &mut Vec<AnyEvent>,
     ) -> Routed {
-        let (t, t_ts) = self.set_clock(at);
+        let at = self.set_clock(at);
+        let t = at.as_nanosecond();
         self.run_until(t, out);
         let command = parse_reset_command(text);
-        let (hash, mut slot) = self.lookup(key);
+
         let mut closed = None;
         let mut cause = StartCause::Message;
-
-        if let Some(s) = slot
-            && t >= self.hot[s as usize].deadline
-        {
-            closed = self.close_slot(s, Some(hash), CloseReason::AutoReset, t, t_ts, out);
-            slot = None;
+        // Step 1: found past its deadline before a sweep closed it.
+        if self.sessions.get(key).is_some_and(|s| t >= s.deadline) {
+            closed = self.close(key, CloseReason::AutoReset, at, out);
             cause = StartCause::AutoReset;
         }
-        if let (Some(reason), Some(s)) = (command, slot) {
-            closed = self.close_slot(s, Some(hash), reason, t, t_ts, out);
-            slot = None;
+        // Step 2: a reset command closes what is open.
+        if let Some(reason) = command
+            && self.sessions.contains_key(key)
+        {
+            closed = self.close(key, reason, at, out);
             cause = StartCause::Command;
         }
-        let opened = slot.is_none();
-        let s = match slot {
-            Some(s) => s,
-            None => {
-                let previous = closed.map(|c| c.session_id);
-                self.open(key, hash, user_id, (t, t_ts), cause, previous, out)
-            }
-        };
-
-        let limit = self.policy.transcript_limit;
-        if limit > 0 {
-            let sess = &mut self.cold[s as usize];
-            if sess.transcript.len() >= limit {
-                sess.transcript.pop_front();
-                sess.truncated = true;
-            }
-            sess.transcript.push_back(TranscriptEntry {
-                at: t_ts,
-                user_id: CompactString::new(user_id),
-                text: text.to_owned(),
-            });
-        }
-        let sess = &mut self.hot[s as usize];
-        sess.message_count += 1;
-        sess.deadline = t + self.idle;
-        let routed =
-            Routed { session_id: sess.id, command, opened, closed, at: t_ts, message_count: sess.message_count };
-        let seq = sess.seq;
-        let deadline = sess.deadline;
+        // Step 3: open one if none is.
+        let opened = !self.sessions.contains_key(key);
         if opened {
-            let due = self.due_of(deadline);
-            self.timers.push(Timer { due, seq, slot: s, hash: hash as u32 });
+            self.open(key.clone(), user_id, at, cause, closed.map(|c| c.session_id), out);
+        }
+        // Step 5: count the message and move the deadline.
+        let (idle, sweep, limit) = (self.idle, self.sweep, self.policy.transcript_limit);
+        let Some(session) = self.sessions.get_mut(key) else { unreachable!("the key's session is open") };
+        session.message_count += 1;
+        if limit > 0 {
+            if session.transcript.len() >= limit {
+                session.transcript.pop_front();
+                session.truncated = true;
+            }
+            session.transcript.push_back(TranscriptEntry { at, user_id: user_id.into(), text: text.to_owned() });
+        } else {
+            session.truncated = true;
+        }
+        session.deadline = t + idle;
+        let old_due = session.due;
+        session.due = due_of(sweep, session.deadline);
+        let (due, seq) = (session.due, session.seq);
+        let routed =
+            Routed { session_id: session.id, command, opened, closed, at, message_count: session.message_count };
+        if due != old_due {
+            let key = self.deadlines.remove(&(old_due, seq)).expect("an open session has a deadline");
+            self.deadlines.insert((due, seq), key);
         }
         self.stats.messages += 1;
-        if closed.is_some() {
-            self.shed_stale_timers();
-        }
-        self.settle_top();
         routed
     }
 
@@ -336,46 +282,127 @@ impl Engine {
     /// The engine stays usable: a later message opens a new session (and a later command on a key whose
     /// session shutdown closed emits no second `SessionEnd`).
     pub fn shutdown(&mut self, at: Timestamp, out: &mut Vec<AnyEvent>) {
-        let (t, t_ts) = self.set_clock(at);
-        self.run_until(t, out);
-        for slot in self.open_slots_in_order() {
-            self.close_slot(slot, None, CloseReason::Shutdown, t, t_ts, out);
+        let at = self.set_clock(at);
+        self.run_until(at.as_nanosecond(), out);
+        for key in self.open_keys_in_order() {
+            self.close(&key, CloseReason::Shutdown, at, out);
         }
-        self.timers.clear();
+    }
+
+    /// Puts back the sessions that were open when the last process stopped (oldest first, as
+    /// [`Store::recover`](crate::store::Store::recover) returns them), then lets time pass to `now`
+    /// (UTC), like [`advance`](Self::advance): every session that fell due while the gateway was down
+    /// closes with its real reason (`idle_expiry`, or `scheduled_reset`/`idle_expiry` at a daily reset
+    /// that passed) at its real due time, and its `SessionEnd` has `detected_at = now` ("detected
+    /// late"). Those `SessionEnd`s are appended to `out`. Returns how many sessions were restored.
+    ///
+    /// A restored session keeps its id, key, user, start time, message count and the most recent
+    /// messages of its transcript (up to the policy's transcript limit); its idle deadline is its last
+    /// message's time plus the idle timeout of this engine's policy. A session whose key is already open
+    /// in this engine is skipped (call this first, on a fresh engine).
+    ///
+    /// ```
+    /// use hooks_core::event::{AnyEvent, CloseReason, SessionId, SessionKey};
+    /// use hooks_core::lifecycle::{Engine, Policy, SessionIds};
+    /// use hooks_core::store::RecoveredSession;
+    ///
+    /// let down_at: jiff::Timestamp = "2024-05-01T10:00:00Z".parse()?;
+    /// let open = RecoveredSession {
+    ///     session_id: SessionId::from_u128(7),
+    ///     key: SessionKey::chat("web", "42"),
+    ///     user_id: "alice".into(),
+    ///     started_at: down_at,
+    ///     last_message_at: down_at,
+    ///     message_count: 1,
+    ///     transcript: Vec::new(),
+    /// };
+    /// let mut engine = Engine::new(Policy::default(), SessionIds::Random);
+    /// let mut out = Vec::new();
+    /// // The gateway comes back two hours later: the session expired at 10:30 while it was down.
+    /// engine.restore([open], "2024-05-01T12:00:00Z".parse()?, &mut out);
+    /// let AnyEvent::SessionEnd(end) = &out[0] else { panic!() };
+    /// assert_eq!(end.reason, CloseReason::IdleExpiry);
+    /// assert_eq!(end.ended_at, "2024-05-01T10:30:00Z".parse()?);
+    /// assert!(end.detected_late());
+    /// # Ok::<(), jiff::Error>(())
+    /// ```
+    pub fn restore(
+        &mut self,
+        sessions: impl IntoIterator<Item = RecoveredSession>,
+        now: Timestamp,
+        out: &mut Vec<AnyEvent>,
+    ) -> usize {
+        let sessions: Vec<RecoveredSession> = sessions.into_iter().collect();
+        // The clock starts at the latest activity the store knew of, so a daily reset between then and
+        // `now` (which the gateway missed) still happens.
+        if let Some(last) = sessions.iter().map(|s| s.last_message_at.max(s.started_at)).max() {
+            self.set_clock(last);
+        }
+        let limit = self.policy.transcript_limit;
+        let mut restored = 0;
+        for s in sessions {
+            if self.sessions.contains_key(&s.key) {
+                continue;
+            }
+            let mut transcript = VecDeque::from(s.transcript);
+            transcript.drain(..transcript.len().saturating_sub(limit));
+            let truncated = (transcript.len() as u64) < s.message_count;
+            let deadline = s.last_message_at.as_nanosecond() + self.idle;
+            self.insert(
+                s.key,
+                Session {
+                    id: s.session_id,
+                    seq: 0,
+                    user_id: s.user_id.as_str().into(),
+                    started_at: s.started_at,
+                    deadline,
+                    due: due_of(self.sweep, deadline),
+                    message_count: s.message_count,
+                    transcript,
+                    truncated,
+                },
+            );
+            restored += 1;
+        }
+        let first_new = out.len();
+        self.advance(now, out);
+        for event in &mut out[first_new..] {
+            if let AnyEvent::SessionEnd(end) = event
+                && end.ended_at < now
+            {
+                end.detected_at = now;
+            }
+        }
+        restored
     }
 
     /// When the engine next needs [`advance`](Self::advance) (UTC): the earliest idle deadline (or sweep
     /// instant) and, while a session is open, the next daily reset. `None` when nothing is pending.
     /// Calling `advance` earlier is harmless.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        let timer = self.timers.peek().map(|t| t.due);
-        let reset = if self.index.is_empty() { None } else { self.next_reset };
-        match (timer, reset) {
-            (Some(a), Some(b)) => Some(ts(a.min(b))),
-            (a, b) => a.or(b).map(ts),
-        }
+        let timer = self.deadlines.first_key_value().map(|(&(due, _), _)| due);
+        let reset = self.next_reset.filter(|_| !self.sessions.is_empty());
+        [timer, reset].into_iter().flatten().min().map(ts)
     }
 
     /// The engine's clock: the latest time it was given (UTC), `None` before the first.
     pub fn now(&self) -> Option<Timestamp> {
-        self.now.map(|(_, t)| t)
+        self.now
     }
 
     /// How many sessions are open.
     pub fn open_sessions(&self) -> usize {
-        self.index.len()
+        self.sessions.len()
     }
 
     /// The open session of `key`, if any.
     pub fn open_session(&self, key: &SessionKey) -> Option<SessionId> {
-        let slot = self.lookup(key).1?;
-        Some(self.hot[slot as usize].id)
+        self.sessions.get(key).map(|s| s.id)
     }
 
     /// The idle deadline (UTC) of `key`'s open session: its last message's time plus the idle timeout.
     pub fn idle_deadline(&self, key: &SessionKey) -> Option<Timestamp> {
-        let slot = self.lookup(key).1?;
-        Some(ts(self.hot[slot as usize].deadline))
+        self.sessions.get(key).map(|s| ts(s.deadline))
     }
 
     /// Counters since the engine was made.
@@ -383,266 +410,147 @@ impl Engine {
         &self.stats
     }
 
-    /// Heap bytes the engine holds for its sessions and timers, transcripts and out-of-line key strings
-    /// excluded (those are measured by the benchmark's counting allocator).
-    pub fn allocated_bytes(&self) -> usize {
-        self.hot.capacity() * std::mem::size_of::<Hot>()
-            + self.cold.capacity() * std::mem::size_of::<Cold>()
-            + self.free.capacity() * std::mem::size_of::<u32>()
-            + self.index.allocation_size()
-            + self.timers.allocated_bytes()
-    }
-
     /// Sets the clock to `at` unless it is already later; returns the clock.
-    fn set_clock(&mut self, at: Timestamp) -> (i128, Timestamp) {
-        let t = at.as_nanosecond();
+    fn set_clock(&mut self, at: Timestamp) -> Timestamp {
         match self.now {
-            Some(now) if now.0 >= t => now,
-            Some(_) => {
-                self.now = Some((t, at));
-                (t, at)
-            }
+            Some(now) if now >= at => now,
+            Some(_) => *self.now.insert(at),
             None => {
-                self.now = Some((t, at));
                 // No session can be open before the first input, so resets up to now close nothing.
-                self.next_reset = self.policy.daily_reset.as_ref().and_then(|r| r.next_after_nanos(t));
-                (t, at)
+                self.next_reset = self.next_reset_after(at.as_nanosecond());
+                *self.now.insert(at)
             }
         }
     }
 
-    /// When a session with idle deadline `deadline` closes by expiry: the deadline itself, or with a
-    /// sweep interval the first sweep instant at or after it.
-    fn due_of(&self, deadline: i128) -> i128 {
-        match self.sweep {
-            None => deadline,
-            Some(s) => {
-                let rem = deadline.rem_euclid(s);
-                if rem == 0 { deadline } else { deadline - rem + s }
-            }
-        }
+    fn next_reset_after(&self, t: i128) -> Option<i128> {
+        self.policy.daily_reset.as_ref().and_then(|r| r.next_after_nanos(t))
     }
 
     /// Performs every close due at or before `now`, in time order.
-    #[inline]
     fn run_until(&mut self, now: i128, out: &mut Vec<AnyEvent>) {
-        // The common case, checked here so that it costs no call: nothing is due.
-        let timer_due = self.timers.peek().is_some_and(|top| top.due <= now);
-        if timer_due || self.next_reset.is_some_and(|r| r <= now) {
-            self.run_until_due(now, out);
-        }
-    }
-
-    #[inline(never)]
-    fn run_until_due(&mut self, now: i128, out: &mut Vec<AnyEvent>) {
         let reset = self.next_reset.filter(|&r| r <= now);
         // Idle closes strictly before a due daily reset happen first; at the reset instant every open
-        // session closes at once, in opening order, whatever its own timer says.
-        while let Some(top) = self.timers.peek() {
-            let beyond = match reset {
-                Some(r) => top.due >= r,
-                None => top.due > now,
-            };
-            if beyond {
+        // session closes at once, in opening order, whatever its own deadline says.
+        while let Some(entry) = self.deadlines.first_entry() {
+            let (due, _) = *entry.key();
+            if reset.map_or(due > now, |r| due >= r) {
                 break;
             }
-            self.timers.pop();
-            self.look_ahead();
-            let Some(sess) = self.live(&top) else { continue };
-            let due = self.due_of(sess.deadline);
-            if due > top.due {
-                // A message moved the deadline after this entry was queued.
-                self.timers.push(Timer { due, ..top });
-                continue;
-            }
-            self.close_slot(top.slot, Some(u64::from(top.hash)), CloseReason::IdleExpiry, top.due, ts(top.due), out);
+            let key = entry.remove();
+            self.close_removed(key, CloseReason::IdleExpiry, ts(due), out);
         }
         let Some(r) = reset else { return };
-        let r_ts = ts(r);
-        for slot in self.open_slots_in_order() {
-            let idle = self.hot[slot as usize].deadline <= r;
+        let at = ts(r);
+        for key in self.open_keys_in_order() {
+            let idle = self.sessions[&key].deadline <= r;
             let reason = if idle { CloseReason::IdleExpiry } else { CloseReason::ScheduledReset };
-            self.close_slot(slot, None, reason, r, r_ts, out);
+            self.close(&key, reason, at, out);
         }
-        self.timers.clear();
         // Every session is closed now, so later resets up to `now` would close nothing: skip to the first
         // one after `now` (a reset exactly at `now` precedes any message routed at `now`).
-        self.next_reset = self.policy.daily_reset.as_ref().and_then(|d| d.next_after_nanos(now));
+        self.next_reset = self.next_reset_after(now);
     }
 
-    /// Drops stale entries from the top of the timer queue and re-queues a live one whose deadline moved,
-    /// so that the top is exact for [`next_deadline`](Self::next_deadline).
-    #[inline]
-    fn settle_top(&mut self) {
-        // The common case, checked here so that it costs no call: the top is live and exact.
-        let Some(top) = self.timers.peek() else { return };
-        if self.live(&top).is_none_or(|s| self.due_of(s.deadline) != top.due) {
-            self.settle_top_slow();
-        }
+    /// The keys of every open session, oldest first.
+    fn open_keys_in_order(&self) -> Vec<SessionKey> {
+        let mut open: Vec<(u64, &SessionKey)> = self.sessions.iter().map(|(k, s)| (s.seq, k)).collect();
+        open.sort_unstable_by_key(|&(seq, _)| seq);
+        open.into_iter().map(|(_, k)| k.clone()).collect()
     }
 
-    #[inline(never)]
-    fn settle_top_slow(&mut self) {
-        while let Some(top) = self.timers.peek() {
-            match self.live(&top).map(|s| s.deadline) {
-                None => {
-                    self.timers.pop();
-                }
-                Some(deadline) => {
-                    let due = self.due_of(deadline);
-                    if due == top.due {
-                        return;
-                    }
-                    self.timers.pop();
-                    self.timers.push(Timer { due, ..top });
-                }
-            }
-        }
-    }
-
-    /// Sessions closed by messages leave their timer entry behind until it reaches the top; if such
-    /// entries pile up (many resets within one idle timeout), drop them all at once, `O(n)` amortized
-    /// over at least as many closes.
-    fn shed_stale_timers(&mut self) {
-        if self.timers.len() > 2 * self.index.len() + 1024 {
-            let hot = &self.hot;
-            self.timers.retain(|t| hot.get(t.slot as usize).is_some_and(|s| s.seq == t.seq));
-        }
-    }
-
-    /// Every [`LOOK_AHEAD`]-th entry that falls due, reads the index groups and the hot records of the
-    /// next `LOOK_AHEAD` entries of the deadline ring, all at once: their cache misses overlap, one
-    /// memory latency for four, and the expiries that follow find what they touch in cache. Safe Rust
-    /// has no prefetch instruction (`_mm_prefetch` needs `unsafe`, `core::hint::prefetch_read` is
-    /// unstable), so these are plain reads, kept by folding them into `looked_ahead`; one read ahead at
-    /// a time would gain nothing, as a load that misses holds the processor up like the expiry's own
-    /// would. A read for an entry that turns out stale is wasted, nothing more.
-    #[inline]
-    fn look_ahead(&mut self) {
-        self.ring_pops = self.ring_pops.wrapping_add(1);
-        if self.ring_pops.is_multiple_of(LOOK_AHEAD as u32) {
-            self.look_ahead_now();
-        }
-    }
-
-    #[inline(never)]
-    fn look_ahead_now(&mut self) {
-        let mut read = 0;
-        for next in self.timers.ring_ahead(LOOK_AHEAD) {
-            read ^= self.index.touch(next.hash) ^ self.hot.get(next.slot as usize).map_or(0, |h| h.seq);
-        }
-        self.looked_ahead ^= read;
-    }
-
-    /// The session a timer entry belongs to, if it is still open.
-    fn live(&self, timer: &Timer) -> Option<&Hot> {
-        // A vacant slot has sequence number 0, which no timer carries.
-        self.hot.get(timer.slot as usize).filter(|s| s.seq == timer.seq)
-    }
-
-    /// The hash of `key` and the slot of its open session, if any. The key is hashed and compared part
-    /// by part, never packed.
-    #[inline]
-    fn lookup(&self, key: &SessionKey) -> (u64, Option<u32>) {
-        let hash = hash_key(&self.hasher, key);
-        let hot = &self.hot;
-        (hash, self.index.find(hash, |s| hot[s as usize].key.matches(key)))
-    }
-
-    /// The slots of every open session, oldest first.
-    fn open_slots_in_order(&self) -> Vec<u32> {
-        let mut open: Vec<(u64, u32)> = self.index.iter().map(|s| (self.hot[s as usize].seq, s)).collect();
-        open.sort_unstable();
-        open.into_iter().map(|(_, s)| s).collect()
-    }
-
-    #[allow(clippy::too_many_arguments)]
+    /// Opens a session for `key` at `at` and emits its `SessionStart`.
     fn open(
         &mut self,
-        key: &SessionKey,
-        hash: u64,
+        key: SessionKey,
         user_id: &str,
-        (t, started_at): (i128, Timestamp),
+        at: Timestamp,
         cause: StartCause,
         previous: Option<SessionId>,
         out: &mut Vec<AnyEvent>,
-    ) -> u32 {
-        self.seq += 1;
-        let seq = self.seq;
+    ) {
         let id = match self.ids {
-            SessionIds::Sequential => SessionId::from_u128(u128::from(seq)),
+            SessionIds::Sequential => SessionId::from_u128(u128::from(self.seq + 1)),
             SessionIds::Random => SessionId::new_random(),
         };
-        let user_id = CompactString::new(user_id);
-        out.push(AnyEvent::SessionStart(SessionStart::new(
-            id,
-            key.clone(),
-            user_id.clone(),
-            started_at,
-            cause,
-            previous,
-        )));
-        let hot = Hot { deadline: t + self.idle, id, message_count: 0, seq, key: PackedKey::of(key) };
-        let cold = Cold { user_id, started_at, transcript: VecDeque::new(), truncated: false };
-        let slot = self.place(hash, hot, cold);
+        let user_id = CompactString::from(user_id);
+        out.push(AnyEvent::SessionStart(SessionStart::new(id, key.clone(), user_id.clone(), at, cause, previous)));
+        let deadline = at.as_nanosecond() + self.idle;
+        self.insert(
+            key,
+            Session {
+                id,
+                seq: 0,
+                user_id,
+                started_at: at,
+                deadline,
+                due: due_of(self.sweep, deadline),
+                message_count: 0,
+                transcript: VecDeque::new(),
+                truncated: false,
+            },
+        );
         self.stats.opened += 1;
-        slot
     }
 
-    /// Puts a session (whose packed key hashes to `hash`) in a free slot and indexes it; returns the
-    /// slot.
-    fn place(&mut self, hash: u64, hot: Hot, cold: Cold) -> u32 {
-        debug_assert!(hot.seq != 0);
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.hot[slot as usize] = hot;
-                self.cold[slot as usize] = cold;
-                slot
-            }
-            None => {
-                self.hot.push(hot);
-                self.cold.push(cold);
-                u32::try_from(self.hot.len() - 1).expect("fewer than 2^32 open sessions")
-            }
-        };
-        let (records, hasher) = (&self.hot, &self.hasher);
-        self.index.insert(hash, slot, |s| records[s as usize].key.hash(hasher));
-        slot
+    /// Adds an open session (numbered in opening order) and its deadline.
+    fn insert(&mut self, key: SessionKey, mut session: Session) {
+        self.seq += 1;
+        session.seq = self.seq;
+        self.deadlines.insert((session.due, session.seq), key.clone());
+        let previous = self.sessions.insert(key, session);
+        debug_assert!(previous.is_none(), "a key has at most one open session");
     }
 
-    /// Closes the session in `slot` at `at` with `reason` and emits its `SessionEnd`. The only place a
-    /// session leaves the open state. `hash` is its key's hash if the caller knows it (at least its low
-    /// 32 bits: all the index needs to remove it); otherwise the key is hashed.
-    fn close_slot(
+    /// Closes `key`'s open session at `at` with `reason`. The only way, with
+    /// [`close_removed`](Self::close_removed), that a session leaves the open state.
+    fn close(
         &mut self,
-        slot: u32,
-        hash: Option<u64>,
+        key: &SessionKey,
         reason: CloseReason,
-        at: i128,
-        ended_at: Timestamp,
+        at: Timestamp,
         out: &mut Vec<AnyEvent>,
     ) -> Option<Closed> {
-        let record = self.hot.get_mut(slot as usize).filter(|s| s.seq != 0)?;
-        let Hot { id, message_count, key, .. } = std::mem::replace(record, Hot::VACANT);
-        let key = key.unpack();
-        self.index.remove(hash.unwrap_or_else(|| hash_key(&self.hasher, &key)), slot);
-        let sess = std::mem::take(&mut self.cold[slot as usize]);
-        self.free.push(slot);
-        debug_assert_eq!(ended_at.as_nanosecond(), at);
-        let truncated = sess.truncated || (self.policy.transcript_limit == 0 && message_count > 0);
-        let entries: Vec<TranscriptEntry> = sess.transcript.into();
+        let session = self.sessions.get(key)?;
+        let key = self.deadlines.remove(&(session.due, session.seq)).expect("an open session has a deadline");
+        self.close_removed(key, reason, at, out)
+    }
+
+    /// Closes the open session of `key`, whose deadline entry is already gone, and emits its
+    /// `SessionEnd`.
+    fn close_removed(
+        &mut self,
+        key: SessionKey,
+        reason: CloseReason,
+        at: Timestamp,
+        out: &mut Vec<AnyEvent>,
+    ) -> Option<Closed> {
+        let session = self.sessions.remove(&key)?;
+        let transcript = Transcript::new(Vec::from(session.transcript), session.truncated);
         out.push(AnyEvent::SessionEnd(SessionEnd::new(
-            id,
+            session.id,
             key,
-            sess.user_id,
+            session.user_id,
             reason,
-            sess.started_at,
-            ended_at,
-            ended_at,
-            message_count,
-            Transcript::new(entries, truncated),
+            session.started_at,
+            at,
+            at,
+            session.message_count,
+            transcript,
         )));
         self.stats.closed_by_reason[reason_index(reason)] += 1;
-        Some(Closed { session_id: id, reason })
+        Some(Closed { session_id: session.id, reason })
+    }
+}
+
+/// When a session with idle deadline `deadline` closes by expiry: the deadline itself, or with a sweep
+/// interval the first sweep instant at or after it.
+fn due_of(sweep: Option<i128>, deadline: i128) -> i128 {
+    match sweep {
+        None => deadline,
+        Some(s) => {
+            let rem = deadline.rem_euclid(s);
+            if rem == 0 { deadline } else { deadline - rem + s }
+        }
     }
 }

@@ -11,17 +11,13 @@
 //! `docs/lifecycle.md`: idle expiry (exact, or at sweep instants), the daily reset, the reset commands
 //! `/new` and `/reset`, auto-reset and shutdown.
 //!
-//! Costs: an index from session key to a slab slot (one cache line per lookup) and a deadline queue
-//! (a sorted FIFO ring for deadlines queued in order, nearly all of them, and a binary heap for the
-//! rest). A message costs one index lookup and `O(1)`, plus `O(log n)` if it moved the earliest
-//! deadline and the re-queued one falls behind newer ones (it then goes to the heap); an expiry costs
-//! `O(1)` from the ring, `O(log n)` from the heap. Nothing scans all sessions except the daily reset
-//! and shutdown, which close them all.
+//! Costs: open sessions are a hash map by session key and their expiry deadlines an ordered map, kept
+//! exact on every message. A message costs one hash lookup and `O(log n)`; an expiry `O(log n)`.
+//! Nothing visits all sessions except the daily reset and shutdown, which close them all.
 
 mod command;
 mod engine;
 mod policy;
-mod timers;
 
 pub use command::{parse_reset_command, strip_command_slash};
 pub use engine::{Closed, Engine, EngineStats, Routed, SessionIds};
