@@ -40,78 +40,21 @@
 //! after another, because each sees the command as rewritten by the ones before.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use std::pin::Pin;
+use std::task::Poll;
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use serde::Serialize;
-use thread_local::ThreadLocal;
+use tokio::time::Instant;
 
 use crate::context::{HookContext, HookError, State};
 use crate::event::{AnyEvent, Command, CommandDecision};
-use crate::registry::{EVENT_NAMES, Event, Handler, Hook, HookMeta, Registry};
-
-/// The clock that times plain `fn` handlers with isolation: `quanta`'s, read raw (the CPU's time
-/// stamp counter) instead of `std`'s `clock_gettime`. Every isolated handler call takes one reading,
-/// and on the 2-core VM of docs/benchmarks.md a `std::time::Instant::now()` cost 39-56 ns against
-/// ~19 ns for the bare counter. Making the first dispatcher in a process calibrates the counter
-/// against the OS clock (~0.6 ms, once, whatever the isolation); where the counter is not usable (not
-/// invariant, as in some VMs), quanta falls back to the OS clock, whose ticks are nanoseconds.
-///
-/// A call's time stays in ticks: it is added to the handler's sum of ticks and compared with the
-/// handler's timeout converted to ticks once, when the dispatcher is made. Only a sum that is read
-/// ([`Dispatcher::stats`]) or a timeout that is reported is scaled to nanoseconds. (Scaling every
-/// call's difference, a 128-bit multiply and shift, and comparing it as a `Duration` cost ~29
-/// instructions per handler call: isolated sync N = 10 / 100, 1,182 / 10,992 → 893 / 8,093
-/// instructions per event.)
-///
-/// Async handlers are timed on tokio's clock instead, so that their timeouts follow paused time in
-/// tests like every tokio timer.
-#[derive(Clone, Debug)]
-struct Stopwatch {
-    clock: quanta::Clock,
-    /// Nanoseconds in 2^32 ticks, for converting the other way ([`ticks_in`](Self::ticks_in)).
-    nanos_per_2_32_ticks: u64,
-}
-
-impl Stopwatch {
-    fn new() -> Self {
-        let clock = quanta::Clock::new();
-        let nanos_per_2_32_ticks = clock.delta_as_nanos(0, 1 << 32).max(1);
-        Self { clock, nanos_per_2_32_ticks }
-    }
-
-    /// A reading, in the clock's own ticks.
-    #[inline]
-    fn now(&self) -> u64 {
-        self.clock.raw()
-    }
-
-    /// The ticks from reading `start` to reading `end` (0 if `end` is not later, as quanta's own
-    /// differences: counters of different cores may disagree slightly).
-    #[inline]
-    fn ticks(start: u64, end: u64) -> u64 {
-        end.saturating_sub(start)
-    }
-
-    /// `ticks` in nanoseconds.
-    fn nanos_in(&self, ticks: u64) -> u64 {
-        self.clock.delta_as_nanos(0, ticks)
-    }
-
-    /// The most ticks a call may take without overrunning `limit`: a call of more ticks is one whose
-    /// time in whole nanoseconds ([`nanos_in`](Self::nanos_in)) is above `limit`, exactly as when
-    /// each call's time was scaled and compared. (quanta scales by `ticks * F >> S` with `S` at most
-    /// 32, so `N`, the nanoseconds in 2^32 ticks, is exact, and a time is above `limit` (`T` ns)
-    /// when `ticks * N >= (T + 1) * 2^32`.) Saturating: no call overruns `Duration::MAX`.
-    fn ticks_in(&self, limit: Duration) -> u64 {
-        let ticks = (((limit.as_nanos() + 1) << 32) - 1) / u128::from(self.nanos_per_2_32_ticks);
-        u64::try_from(ticks).unwrap_or(u64::MAX)
-    }
-}
+use crate::registry::{Event, Handler, Hook, Registry};
 
 /// Whether handler failures are contained.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,85 +84,19 @@ impl Default for DispatchConfig {
     }
 }
 
-/// One handler's counts of the rare things, shared by all threads (a locked add each).
+/// One hook's timeout and counters, shared by every thread that delivers.
 #[derive(Debug, Default)]
-struct Counters {
-    /// Deliveries of the handler's event in which it was not called (a command denied before its
-    /// turn, a re-delivery that skipped it): calls = the event's deliveries minus these. Counting
-    /// deliveries once per event instead of calls once per handler saves an add per call.
-    not_called: AtomicU64,
+struct Slot {
+    /// The hook's own timeout, else the dispatcher's default; `None` without isolation.
+    timeout: Option<Duration>,
+    /// Deliveries of its event that did not call it (a handler skipped by a re-delivery, or behind a
+    /// denying command handler): its calls are its event's deliveries minus these, which costs one
+    /// locked add per delivery instead of one per call.
+    skipped: AtomicU64,
     errors: AtomicU64,
     panics: AtomicU64,
     timeouts: AtomicU64,
-}
-
-/// The counts that every delivery writes, one set per thread that delivers: each thread writes only
-/// its own, so counting is a plain load and store where a shared counter needs a locked add (~15 ns
-/// on the VM of docs/benchmarks.md, more than a no-op handler's whole call). [`Dispatcher::stats`]
-/// sums the sets. The first thread to deliver keeps its set in the dispatcher itself; the others get
-/// theirs from `thread_local::ThreadLocal`, which hands the set of a thread that exited to a new
-/// thread only after the first is gone, so no set ever has two writers.
-#[derive(Debug)]
-struct Tally {
-    /// Deliveries per event (`Event::INDEX`).
-    deliveries: [AtomicU64; EVENT_NAMES.len()],
-    /// Per event and handler: its time, and its timeout (as its context shows it, and in ticks).
-    handlers: Box<[Box<[HandlerTally]>]>,
-}
-
-/// One handler's time in one thread's [`Tally`] (with [`Isolation::Contained`]), and its timeout,
-/// kept next to it so that one lookup finds both.
-#[derive(Debug)]
-struct HandlerTally {
-    /// Ticks of the [`Stopwatch`] spent in calls of a plain `fn` handler.
-    ticks: AtomicU64,
-    /// Nanoseconds spent in calls of an async handler (tokio's clock).
     nanos: AtomicU64,
-    limit: Limit,
-}
-
-/// A handler's timeout, as its context shows it and in the stopwatch's ticks.
-#[derive(Clone, Copy, Debug)]
-struct Limit {
-    /// The hook's own timeout, else the dispatcher's default; `None` without isolation.
-    timeout: Option<Duration>,
-    /// A plain `fn` call that took more ticks than this overran `timeout` (`u64::MAX`: no timeout).
-    ticks: u64,
-}
-
-impl Tally {
-    /// A tally of zeros, for handlers with these limits (per event, per handler).
-    fn new(limits: &[Box<[Limit]>]) -> Self {
-        let zeros = |limits: &[Limit]| {
-            limits
-                .iter()
-                .map(|&limit| HandlerTally { ticks: AtomicU64::new(0), nanos: AtomicU64::new(0), limit })
-                .collect()
-        };
-        Self {
-            deliveries: std::array::from_fn(|_| AtomicU64::new(0)),
-            handlers: limits.iter().map(|l| zeros(l)).collect(),
-        }
-    }
-
-    /// Adds `n` to one of this thread's counters. Not a read-modify-write: sound only because the
-    /// calling thread is the counter's one writer (readers may see the old or the new value).
-    #[inline]
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
-    }
-
-    /// The handlers of `E`, in call order.
-    #[inline]
-    fn handlers<E: Event>(&self) -> &[HandlerTally] {
-        &self.handlers[E::INDEX]
-    }
-
-    /// Counts `nanos` against handler `index` of `E`; this must be the calling thread's tally.
-    #[inline]
-    fn add_nanos<E: Event>(&self, index: usize, nanos: u64) {
-        Self::add(&self.handlers::<E>()[index].nanos, nanos);
-    }
 }
 
 /// What happened to one handler call that did not succeed.
@@ -326,35 +203,17 @@ pub struct Dispatcher {
     registry: Arc<Registry>,
     state: Arc<State>,
     config: DispatchConfig,
-    counters: Vec<Box<[Counters]>>,
-    /// Per event (`Event::INDEX`) and handler, its timeout: the shape and the limits of each thread's
-    /// [`Tally`].
-    limits: Box<[Box<[Limit]>]>,
-    /// The counts of the first thread that delivered (its [`thread_key`], 0 before), kept inline: a
-    /// gateway usually delivers from one thread, and comparing a key is cheaper than the general
-    /// per-thread lookup.
-    owner: AtomicU64,
-    owner_tally: Tally,
-    /// Every other thread's counts.
-    tallies: ThreadLocal<Tally>,
-    stopwatch: Stopwatch,
+    /// Per event (`Event::INDEX`), one slot per hook in the registry's order.
+    slots: Box<[Box<[Slot]>]>,
+    /// Per event, how many deliveries (and decisions) began.
+    deliveries: Box<[AtomicU64]>,
 }
 
-/// A key for the calling thread, never 0 and never reused (unlike `thread_local`'s ids, which a new
-/// thread inherits from one that exited): the thread that owns [`Dispatcher::owner_tally`] is the
-/// only one that will ever have its key.
-#[inline]
-fn thread_key() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local!(static KEY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
-    KEY.with(|key| match key.get() {
-        0 => {
-            let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
-            key.set(fresh);
-            fresh
-        }
-        known => known,
-    })
+/// How a handler call stands after [`Dispatcher::start`]: finished, or waiting (an async handler still
+/// pending after its first poll), as a future that finishes it.
+enum Started<'a, T> {
+    Done(Result<T, Failure>),
+    Waiting(Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + 'a>>),
 }
 
 impl Dispatcher {
@@ -371,31 +230,17 @@ impl Dispatcher {
     /// A dispatcher over `registry`, handing `state` to hooks, with `config`.
     pub fn with_config(registry: impl Into<Arc<Registry>>, state: State, config: DispatchConfig) -> Self {
         let registry = registry.into();
-        let stopwatch = Stopwatch::new();
-        // Shaped like the hook lists themselves, so that the delivery loops can walk a list and its
-        // tallies together.
-        let limit = |meta: &&HookMeta| {
-            let timeout = match config.isolation {
+        let slot = |meta: &&crate::registry::HookMeta| Slot {
+            timeout: match config.isolation {
                 Isolation::Contained => meta.timeout().or(config.default_timeout),
                 Isolation::Off => None,
-            };
-            Limit { timeout, ticks: timeout.map_or(u64::MAX, |t| stopwatch.ticks_in(t)) }
+            },
+            ..Slot::default()
         };
-        let limits: Box<[Box<[Limit]>]> =
-            registry.metas_per_event().iter().map(|metas| metas.iter().map(limit).collect()).collect();
-        let counters = limits.iter().map(|l| l.iter().map(|_| Counters::default()).collect()).collect();
-        let owner_tally = Tally::new(&limits);
-        Self {
-            registry,
-            state: Arc::new(state),
-            config,
-            counters,
-            limits,
-            owner: AtomicU64::new(0),
-            owner_tally,
-            tallies: ThreadLocal::new(),
-            stopwatch,
-        }
+        let slots: Box<[Box<[Slot]>]> =
+            registry.metas_per_event().iter().map(|metas| metas.iter().map(slot).collect()).collect();
+        let deliveries = slots.iter().map(|_| AtomicU64::new(0)).collect();
+        Self { registry, state: Arc::new(state), config, slots, deliveries }
     }
 
     /// The registry it delivers from.
@@ -414,177 +259,23 @@ impl Dispatcher {
     }
 
     /// Delivers `event` to every handler of its type (first delivery attempt).
-    pub fn deliver<'a, E: Event<Output = ()>>(&'a self, event: &'a E) -> Deliver<'a, E> {
-        self.deliver_attempt(event, 1)
+    ///
+    /// Nothing happens until the returned future is first polled.
+    pub async fn deliver<E: Event<Output = ()>>(&self, event: &E) -> Delivery {
+        self.deliver_attempt(event, 1).await
     }
 
     /// Delivers `event` as delivery attempt `attempt` (2 or more when an outbox re-delivers it).
     ///
     /// Nothing happens until the returned future is first polled.
-    pub fn deliver_attempt<'a, E: Event<Output = ()>>(&'a self, event: &'a E, attempt: u32) -> Deliver<'a, E> {
-        Deliver(Delivering::new(self, event, attempt, Failures(0)))
-    }
-
-    /// Every handler is a plain `fn`: one context for all of them, and one clock read per handler
-    /// (each handler's end is the next one's start). Only handlers that `outcomes` calls are called
-    /// (the others are counted as not called); `outcomes` hears each one's result, in order (a failure
-    /// already logged and counted). `tally` is this thread's (there is no await on this path, so the
-    /// thread cannot change).
-    #[inline]
-    fn deliver_sync<E: Event>(
-        &self,
-        tally: &Tally,
-        hooks: &[Hook<E>],
-        event: &E,
-        attempt: u32,
-        outcomes: &mut impl Outcomes<E::Output>,
-    ) {
-        let mut ctx = self.context(event, attempt);
-        if self.config.isolation == Isolation::Off {
-            // Nothing to measure or catch: call each handler and look closer only at an error.
-            for (i, hook) in hooks.iter().enumerate() {
-                if !outcomes.called(i) {
-                    self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let Handler::Sync(f) = hook.handler() else { unreachable!("deliver_sync with an async hook") };
-                ctx.hook = hook.meta().name();
-                match f(event, &ctx) {
-                    Ok(out) => outcomes.report(i, Ok(out)),
-                    Err(error) => outcomes.report(i, self.settle(i, hook, event, Err(Failure::Error(error)))),
-                }
-            }
-            return;
-        }
-        let mut clock = Some(self.stopwatch.now());
-        // The handlers' tallies are looked up once per delivery. (`Tally` holds atomics, so the
-        // compiler must assume that a handler call may write through `&Tally`, and cannot hoist the
-        // lookup out of the loop itself.) The two lists have one shape by construction.
-        let tallies = tally.handlers::<E>();
-        debug_assert_eq!(tallies.len(), hooks.len());
-        for ((i, hook), mine) in hooks.iter().enumerate().zip(tallies) {
-            if !outcomes.called(i) {
-                self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
-                // The next handler's time starts at its own call, not at the last one's end.
-                clock = None;
-                continue;
-            }
-            Self::prepare(&mut ctx, hook, mine);
-            outcomes.report(i, self.call_sync(mine, i, hook, event, &ctx, Isolation::Contained, &mut clock));
-        }
-    }
-
-    /// At least one handler is async: the first poll of a [`Delivering`]. Handlers start in registry
-    /// order: a plain `fn` runs when its turn comes; an async one is polled once right away with `cx`,
-    /// and only if it is still pending does it get a timeout and wait, concurrently with the others,
-    /// until every handler is done. Most handlers finish on their first poll, so the common case
-    /// allocates nothing beyond each handler's own future (which holds a copy of the context if the
-    /// handler takes one). A pending one costs two allocations more (its [`PendingCall`], and the
-    /// join of them all, made once per delivery). Only handlers that `outcomes` calls are called (the
-    /// others are counted as not called); `outcomes` hears the result of each one that finished
-    /// (already logged and counted). Returns the ones still pending, each waiting for its end, or
-    /// `None` if none is. `tally` is this thread's (this runs within one poll).
-    ///
-    /// `ISOLATED` is whether the dispatcher's isolation is [`Isolation::Contained`]: the loop is
-    /// compiled once for each setting, so that the one without isolation carries none of the clock
-    /// and panic-catching branches.
-    #[inline]
-    fn start_all<'a, E: Event, const ISOLATED: bool>(
-        &'a self,
-        cx: &mut Context<'_>,
-        tally: &Tally,
-        hooks: &'a [Hook<E>],
-        event: &'a E,
-        attempt: u32,
-        outcomes: &mut impl Outcomes<E::Output>,
-    ) -> Option<Vec<PendingCall<'a, E>>> {
-        // One context for all the handlers, as in `deliver_sync`: an async handler is lent it for the
-        // call only, and copies it into its future if it needs it there.
-        let mut ctx = self.context(event, attempt);
-        let mut waiting = None;
-        // With isolation, the reading at which the previous handler ended, which is when the next one
-        // starts: one clock read per handler instead of two, as in `deliver_sync`. Plain `fn` handlers
-        // chain stopwatch readings; async ones chain readings of tokio's clock, so that their timeouts
-        // follow paused time in tests like every tokio timer.
-        let (mut clock, mut async_clock) = (None, None);
-        let isolation = if ISOLATED { Isolation::Contained } else { Isolation::Off };
-        let tallies = tally.handlers::<E>();
-        debug_assert_eq!(tallies.len(), hooks.len());
-        for ((i, hook), mine) in hooks.iter().enumerate().zip(tallies) {
-            if !outcomes.called(i) {
-                self.counters::<E>(i).not_called.fetch_add(1, Ordering::Relaxed);
-                (clock, async_clock) = (None, None);
-                continue;
-            }
-            Self::prepare(&mut ctx, hook, mine);
-            let f = match hook.handler() {
-                Handler::Sync(_) => {
-                    async_clock = None;
-                    outcomes.report(i, self.call_sync(mine, i, hook, event, &ctx, isolation, &mut clock));
-                    continue;
-                }
-                Handler::Async(f) => f,
-            };
-            clock = None;
-            let started = (isolation == Isolation::Contained)
-                .then(|| async_clock.take().unwrap_or_else(tokio::time::Instant::now));
-            let mut future = f(event, &ctx);
-            let first = match isolation {
-                Isolation::Off => Ok(future.as_mut().poll(cx)),
-                Isolation::Contained => catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))),
-            };
-            let result = match first {
-                Ok(Poll::Pending) => {
-                    let finish = self.finish_async(i, hook, event, future, started, ctx.timeout);
-                    let call = Box::pin(async move { (i, finish.await) }) as PendingCall<'a, E>;
-                    waiting.get_or_insert_with(Vec::new).push(call);
-                    continue;
-                }
-                Ok(Poll::Ready(result)) => result.map_err(Failure::Error),
-                Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
-            };
-            if let Some(started) = started {
-                let ended = tokio::time::Instant::now();
-                Tally::add(&mine.nanos, nanos(ended - started));
-                async_clock = Some(ended);
-            }
-            if result.is_err() {
-                // A failure is logged before the next handler starts: that is not the next one's time.
-                async_clock = None;
-            }
-            outcomes.report(i, self.settle(i, hook, event, result));
-        }
-        waiting
-    }
-
-    /// Waits for an async handler that was pending on its first poll, until its timeout counted from
-    /// `started`.
-    async fn finish_async<'a, E: Event>(
-        &self,
-        index: usize,
-        hook: &Hook<E>,
-        event: &E,
-        future: futures::future::BoxFuture<'a, Result<E::Output, HookError>>,
-        started: Option<tokio::time::Instant>,
-        timeout: Option<Duration>,
-    ) -> Result<E::Output, Failure> {
-        let result = match (self.config.isolation, started) {
-            (Isolation::Contained, Some(started)) => {
-                let future = AssertUnwindSafe(future).catch_unwind();
-                let result = match timeout {
-                    Some(limit) => tokio::time::timeout_at(started + limit, future).await.map_err(|_| limit),
-                    None => Ok(future.await),
-                };
-                self.tally().add_nanos::<E>(index, nanos(started.elapsed()));
-                match result {
-                    Err(limit) => Err(Failure::Timeout(limit)),
-                    Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
-                    Ok(Ok(result)) => result.map_err(Failure::Error),
-                }
-            }
-            _ => future.await.map_err(Failure::Error),
+    pub async fn deliver_attempt<E: Event<Output = ()>>(&self, event: &E, attempt: u32) -> Delivery {
+        let mut delivery = Delivery::default();
+        let report = |_, result: Result<(), Failure>| {
+            delivery.handlers += 1;
+            delivery.failed += usize::from(result.is_err());
         };
-        self.settle(index, hook, event, result)
+        self.run(event, attempt, |_| true, report).await;
+        delivery
     }
 
     /// Delivers `event` as attempt `attempt` to every handler of its type except those named in `skip`
@@ -616,11 +307,15 @@ impl Dispatcher {
         attempt: u32,
         skip: &[String],
     ) -> Vec<HandlerOutcome> {
-        // The same paths as `deliver`, told which handlers to skip and collecting each one's outcome.
         let names = self.registry.hook_list::<E>().qualified_names();
-        let outcomes = Detailed { skip, names, out: names.iter().map(|_| None).collect() };
-        let detailed = Delivering::new(self, event, attempt, outcomes).await;
-        detailed.out.into_iter().flatten().collect()
+        let mut outcomes: Vec<Option<HandlerOutcome>> = vec![None; names.len()];
+        let called = |i: usize| !skip.iter().any(|s| **s == *names[i]);
+        let report = |i: usize, result: Result<(), Failure>| {
+            outcomes[i] =
+                Some(HandlerOutcome { hook: Arc::clone(&names[i]), error: result.err().map(|f| f.to_string()) });
+        };
+        self.run(event, attempt, called, report).await;
+        outcomes.into_iter().flatten().collect()
     }
 
     /// Delivers an event of any kind. A [`Command`] is delivered for observation only: its handlers'
@@ -649,19 +344,23 @@ impl Dispatcher {
     }
 
     /// Asks the [`Command`] handlers whether `command` may run; see [`CommandDecision`] for the rule.
+    /// They run one after another, each seeing the command as the ones before rewrote it.
     pub async fn decide(&self, mut command: Command) -> Verdict {
-        let hooks = self.registry.hooks::<Command>();
-        let mut ctx = self.context(&command, 1);
-        self.delivered::<Command>();
         let mut failed = 0;
+        self.deliveries[Command::INDEX].fetch_add(1, Ordering::Relaxed);
+        let hooks = self.registry.hooks::<Command>();
         for (i, hook) in hooks.iter().enumerate() {
-            match self.call(i, hook, &command, &mut ctx).await {
+            let result = match self.start(i, hook, &command, 1).await {
+                Started::Done(result) => result,
+                Started::Waiting(call) => call.await,
+            };
+            match result {
                 Err(_) => failed += 1,
                 Ok(CommandDecision::Allow) => {}
                 Ok(CommandDecision::Rewrite { text }) => command.text = text,
                 Ok(CommandDecision::Deny { message }) => {
-                    for later in i + 1..hooks.len() {
-                        self.counters::<Command>(later).not_called.fetch_add(1, Ordering::Relaxed);
+                    for later in &self.slots[Command::INDEX][i + 1..] {
+                        later.skipped.fetch_add(1, Ordering::Relaxed);
                     }
                     return Verdict::Denied { command, hook: hook.meta().name(), message };
                 }
@@ -672,204 +371,166 @@ impl Dispatcher {
 
     /// Every handler's counters, events in catalogue order, handlers in call order.
     pub fn stats(&self) -> Vec<HandlerStats> {
-        // Every thread's counts, summed.
-        let mut deliveries = vec![0u64; self.limits.len()];
-        // Per handler: nanoseconds (async calls) and ticks (plain `fn` calls), scaled once, below.
-        let mut times: Vec<Vec<(u64, u64)>> = self.limits.iter().map(|l| vec![(0, 0); l.len()]).collect();
-        for tally in std::iter::once(&self.owner_tally).chain(&self.tallies) {
-            for (sum, part) in deliveries.iter_mut().zip(&tally.deliveries) {
-                *sum += part.load(Ordering::Relaxed);
-            }
-            for (sum, part) in times.iter_mut().flatten().zip(tally.handlers.iter().flatten()) {
-                sum.0 = sum.0.saturating_add(part.nanos.load(Ordering::Relaxed));
-                sum.1 = sum.1.saturating_add(part.ticks.load(Ordering::Relaxed));
-            }
-        }
-        let nanos: Vec<Vec<u64>> = times
-            .into_iter()
-            .map(|event| event.into_iter().map(|(n, t)| n.saturating_add(self.stopwatch.nanos_in(t))).collect())
-            .collect();
-        let metas = self.registry.metas();
-        let counters = self
-            .counters
-            .iter()
-            .enumerate()
-            .flat_map(|(event, c)| c.iter().enumerate().map(move |(i, c)| (event, i, c)));
-        metas
-            .into_iter()
-            .zip(counters)
-            .map(|(m, (event, i, c))| HandlerStats {
-                event: m.event(),
-                name: m.name(),
-                module_path: m.module_path(),
-                calls: deliveries[event] - c.not_called.load(Ordering::Relaxed),
-                errors: c.errors.load(Ordering::Relaxed),
-                panics: c.panics.load(Ordering::Relaxed),
-                timeouts: c.timeouts.load(Ordering::Relaxed),
-                total_nanos: nanos[event][i],
+        let metas = self.registry.metas_per_event();
+        let per_event = self.slots.iter().zip(&self.deliveries).zip(&metas);
+        let slots = per_event.flat_map(|((slots, delivered), metas)| {
+            let delivered = delivered.load(Ordering::Relaxed);
+            slots.iter().zip(metas).map(move |(slot, meta)| (delivered, slot, meta))
+        });
+        slots
+            .map(|(delivered, slot, meta)| HandlerStats {
+                event: meta.event(),
+                name: meta.name(),
+                module_path: meta.module_path(),
+                calls: delivered.saturating_sub(slot.skipped.load(Ordering::Relaxed)),
+                errors: slot.errors.load(Ordering::Relaxed),
+                panics: slot.panics.load(Ordering::Relaxed),
+                timeouts: slot.timeouts.load(Ordering::Relaxed),
+                total_nanos: slot.nanos.load(Ordering::Relaxed),
             })
             .collect()
     }
 
-    fn context<E: Event>(&self, event: &E, attempt: u32) -> HookContext<'_> {
+    /// The one delivery path: every handler of `event` that `called` selects (by index) is started in
+    /// registry order, a plain `fn` run to completion in its turn and an async one polled once; those
+    /// still pending then run concurrently until each finishes or times out. `report` hears each
+    /// call's index and result (a failure already logged and counted).
+    async fn run<E: Event>(
+        &self,
+        event: &E,
+        attempt: u32,
+        called: impl Fn(usize) -> bool,
+        mut report: impl FnMut(usize, Result<E::Output, Failure>),
+    ) {
+        self.deliveries[E::INDEX].fetch_add(1, Ordering::Relaxed);
+        let mut waiting = Vec::new();
+        for (i, hook) in self.registry.hooks::<E>().iter().enumerate() {
+            if !called(i) {
+                self.slots[E::INDEX][i].skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match self.start(i, hook, event, attempt).await {
+                Started::Done(result) => report(i, result),
+                Started::Waiting(call) => waiting.push(async move { (i, call.await) }),
+            }
+        }
+        // Most handlers finish on their first poll; joining nothing is not free.
+        if waiting.is_empty() {
+            return;
+        }
+        for (i, result) in futures::future::join_all(waiting).await {
+            report(i, result);
+        }
+    }
+
+    /// Calls one handler until it finishes or first waits: a plain `fn` to completion, an async one
+    /// for its first poll. With isolation its panic is caught and its time measured, and an async one
+    /// still pending is cancelled at its timeout (counted from its start).
+    async fn start<'a, E: Event>(
+        &'a self,
+        index: usize,
+        hook: &'a Hook<E>,
+        event: &'a E,
+        attempt: u32,
+    ) -> Started<'a, E::Output> {
+        let slot = &self.slots[E::INDEX][index];
+        let ctx = self.context(hook, slot, event, attempt);
+        let isolated = self.config.isolation == Isolation::Contained;
+        // tokio's clock, so that timeouts and times follow paused time in tests.
+        let started = isolated.then(Instant::now);
+        let f = match hook.handler() {
+            Handler::Sync(f) => {
+                let result = if isolated {
+                    contained(catch_unwind(AssertUnwindSafe(|| f(event, &ctx))))
+                } else {
+                    f(event, &ctx).map_err(Failure::Error)
+                };
+                return Started::Done(self.settle(slot, hook, event, started, result));
+            }
+            Handler::Async(f) => f,
+        };
+        let mut future = f(event, &ctx);
+        let first = if isolated {
+            futures::poll!(AssertUnwindSafe(future.as_mut()).catch_unwind())
+        } else {
+            futures::poll!(future.as_mut()).map(Ok)
+        };
+        match first {
+            Poll::Ready(caught) => Started::Done(self.settle(slot, hook, event, started, contained(caught))),
+            Poll::Pending => Started::Waiting(Box::pin(self.finish(slot, hook, event, future, started))),
+        }
+    }
+
+    fn context<'a, E: Event>(&'a self, hook: &Hook<E>, slot: &Slot, event: &E, attempt: u32) -> HookContext<'a> {
         HookContext {
-            hook: "",
+            hook: hook.meta().name(),
             event_id: event.event_id(),
             session_id: event.session_id(),
             attempt,
-            timeout: None,
+            timeout: slot.timeout,
             state: &self.state,
         }
     }
 
-    fn counters<E: Event>(&self, index: usize) -> &Counters {
-        &self.counters[E::INDEX][index]
-    }
-
-    /// This thread's counts.
-    #[inline]
-    fn tally(&self) -> &Tally {
-        let me = thread_key();
-        let owner = self.owner.load(Ordering::Relaxed);
-        if owner == me
-            || (owner == 0 && self.owner.compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed).is_ok())
-        {
-            return &self.owner_tally;
-        }
-        self.tallies.get_or(|| Tally::new(&self.limits))
-    }
-
-    /// Counts a delivery of `E`; returns this thread's counts, good until the next await that can
-    /// suspend (a task may move to another thread there; a [`Delivering`]'s first poll cannot suspend).
-    #[inline]
-    fn delivered<E: Event>(&self) -> &Tally {
-        let tally = self.tally();
-        Tally::add(&tally.deliveries[E::INDEX], 1);
-        tally
-    }
-
-    /// Fills in the per-handler part of a context.
-    #[inline]
-    fn prepare<E: Event>(ctx: &mut HookContext<'_>, hook: &Hook<E>, mine: &HandlerTally) {
-        ctx.hook = hook.meta().name();
-        ctx.timeout = mine.limit.timeout;
-    }
-
-    /// Calls a plain `fn` handler with a [prepared](Self::prepare) context; `Err` if it failed (already
-    /// reported). `isolation` is the dispatcher's, read by the caller once per delivery (`self` holds
-    /// atomics, so the compiler would read it again after every handler call). With isolation, `clock`
-    /// may hold the reading at which the call starts (taken by the caller) and is left at the reading
-    /// at which it ended, or emptied if it failed (logging the failure is not the next handler's
-    /// time); the time is counted in `mine`, the handler's tally of this thread.
-    // Inlined into the delivery loops: the context and the clock reading then stay in registers, and
-    // an isolated plain `fn` handler cost ~50 instructions less (session 8: sync isolated, N = 100,
-    // 16,091 → 10,992 instructions per event; a replay, ~3 handler calls a record: −156 per record).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn call_sync<E: Event>(
-        &self,
-        mine: &HandlerTally,
-        index: usize,
-        hook: &Hook<E>,
-        event: &E,
-        ctx: &HookContext<'_>,
-        isolation: Isolation,
-        clock: &mut Option<u64>,
+    /// Waits for an async handler that was pending on its first poll.
+    async fn finish<'a, E: Event>(
+        &'a self,
+        slot: &'a Slot,
+        hook: &'a Hook<E>,
+        event: &'a E,
+        future: BoxFuture<'a, Result<E::Output, HookError>>,
+        started: Option<Instant>,
     ) -> Result<E::Output, Failure> {
-        let Handler::Sync(f) = hook.handler() else { unreachable!("call_sync on an async hook") };
-        let result = match isolation {
-            Isolation::Off => f(event, ctx).map_err(Failure::Error),
-            Isolation::Contained => {
-                let started = clock.unwrap_or_else(|| self.stopwatch.now());
-                let result = catch_unwind(AssertUnwindSafe(|| f(event, ctx)));
-                let ended = self.stopwatch.now();
-                let ticks = Stopwatch::ticks(started, ended);
-                Tally::add(&mine.ticks, ticks);
-                let outcome = match result {
-                    Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
-                    Ok(Err(e)) => Err(Failure::Error(e)),
-                    Ok(Ok(_)) if ticks > mine.limit.ticks => {
-                        Err(Failure::Timeout(Duration::from_nanos(self.stopwatch.nanos_in(ticks))))
-                    }
-                    Ok(Ok(out)) => Ok(out),
-                };
-                // A failure is logged before the next handler starts, which is not that one's time.
-                *clock = outcome.is_ok().then_some(ended);
-                outcome
-            }
-        };
-        self.settle(index, hook, event, result)
-    }
-
-    /// Calls any handler; `Err` if it failed (already reported).
-    async fn call<E: Event>(
-        &self,
-        index: usize,
-        hook: &Hook<E>,
-        event: &E,
-        ctx: &mut HookContext<'_>,
-    ) -> Result<E::Output, Failure> {
-        let mine = &self.tally().handlers::<E>()[index];
-        Self::prepare(ctx, hook, mine);
-        let f = match hook.handler() {
-            Handler::Sync(_) => return self.call_sync(mine, index, hook, event, ctx, self.config.isolation, &mut None),
-            Handler::Async(f) => f,
-        };
-        let result = match self.config.isolation {
-            Isolation::Off => f(event, ctx).await.map_err(Failure::Error),
-            Isolation::Contained => {
-                let started = Instant::now();
-                let fut = AssertUnwindSafe(f(event, ctx)).catch_unwind();
-                let result = match ctx.timeout {
-                    Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
-                    None => Ok(fut.await),
-                };
-                self.tally().add_nanos::<E>(index, nanos(started.elapsed()));
-                match result {
-                    Err(limit) => Err(Failure::Timeout(limit)),
-                    Ok(Err(payload)) => Err(Failure::Panic(panic_message(payload.as_ref()))),
-                    Ok(Ok(Err(e))) => Err(Failure::Error(e)),
-                    Ok(Ok(Ok(out))) => Ok(out),
+        let result = match (started, slot.timeout) {
+            (Some(started), Some(limit)) => {
+                match tokio::time::timeout_at(started + limit, AssertUnwindSafe(future).catch_unwind()).await {
+                    Ok(caught) => contained(caught),
+                    Err(_) => Err(Failure::Timeout(limit)),
                 }
             }
+            (Some(_), None) => contained(AssertUnwindSafe(future).catch_unwind().await),
+            (None, _) => future.await.map_err(Failure::Error),
         };
-        self.settle(index, hook, event, result)
+        self.settle(slot, hook, event, started, result)
     }
 
-    /// Passes a success through; counts and logs a failure ([`failed`](Self::failed)).
+    /// Ends a call: adds its time (with isolation), reports a plain `fn`'s overrun as a timeout (it
+    /// cannot be interrupted, so that is known only once it returns), and logs and counts a failure.
     #[inline]
     fn settle<E: Event>(
         &self,
-        index: usize,
+        slot: &Slot,
         hook: &Hook<E>,
         event: &E,
-        result: Result<E::Output, Failure>,
+        started: Option<Instant>,
+        mut result: Result<E::Output, Failure>,
     ) -> Result<E::Output, Failure> {
-        match result {
-            Ok(out) => Ok(out),
-            Err(failure) => Err(self.failed(index, hook, event, failure)),
+        if let Some(started) = started {
+            let elapsed = started.elapsed();
+            slot.nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            if result.is_ok() && slot.timeout.is_some_and(|limit| elapsed > limit) {
+                result = Err(Failure::Timeout(elapsed));
+            }
         }
+        result.map_err(|failure| self.failed(slot, hook, event, failure))
     }
 
-    /// Counts and logs a handler's failure (out of line: the call path is for successes).
     #[cold]
-    #[inline(never)]
-    fn failed<E: Event>(&self, index: usize, hook: &Hook<E>, event: &E, failure: Failure) -> Failure {
-        let counters = self.counters::<E>(index);
+    fn failed<E: Event>(&self, slot: &Slot, hook: &Hook<E>, event: &E, failure: Failure) -> Failure {
         let meta = hook.meta();
         let session_id = event.session_id().map(tracing::field::display);
         let event_id = tracing::field::display(event.event_id());
         match &failure {
             Failure::Error(error) => {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
+                slot.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(hook = meta.name(), module = meta.module_path(), event = E::NAME, session_id, %event_id, %error, "hook returned an error");
             }
             Failure::Panic(message) => {
-                counters.panics.fetch_add(1, Ordering::Relaxed);
+                slot.panics.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(hook = meta.name(), module = meta.module_path(), event = E::NAME, session_id, %event_id, panic = %message, "hook panicked");
             }
             Failure::Timeout(after) => {
-                counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                slot.timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(hook = meta.name(), module = meta.module_path(), event = E::NAME, session_id, %event_id, timeout = ?after, "hook timed out");
             }
         }
@@ -877,179 +538,12 @@ impl Dispatcher {
     }
 }
 
-/// The future of [`Dispatcher::deliver`] and [`Dispatcher::deliver_attempt`]: delivers the event to
-/// every handler of its type and resolves to the [`Delivery`] once each one is done or cancelled.
-///
-/// Nothing happens until it is first polled. Its first poll counts the delivery, runs every plain `fn`
-/// handler and polls every async one once, in registry order; a delivery whose handlers all finish
-/// there (the common case) is complete after that one poll. Async handlers still pending then run
-/// concurrently, each until its end or its timeout, and the future resolves after the last. (Each
-/// pending handler is polled once more within that first poll: that poll starts its timeout.)
-///
-/// Dropping it before it resolves cancels the handlers still pending: their futures are dropped, as
-/// at a timeout, but [`Dispatcher::stats`] counts them only as calls (not as timeouts, and without
-/// their time).
-///
-/// It is `Send`, so a task that awaits it can run on any runtime worker. Polling it after it resolved,
-/// or after a poll that panicked (a handler's panic without isolation), panics: the event is never
-/// delivered twice by one `Deliver`.
-#[must_use = "a delivery does nothing until it is awaited"]
-pub struct Deliver<'a, E: Event>(Delivering<'a, E, Failures>);
-
-impl<E: Event> Future for Deliver<'_, E> {
-    type Output = Delivery;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivery> {
-        let delivering = &mut self.get_mut().0;
-        let registry = &delivering.dispatcher.registry;
-        Pin::new(delivering).poll(cx).map(|Failures(failed)| Delivery { handlers: registry.hooks::<E>().len(), failed })
+/// A handler's result after `catch_unwind`.
+fn contained<T>(caught: std::thread::Result<Result<T, HookError>>) -> Result<T, Failure> {
+    match caught {
+        Ok(result) => result.map_err(Failure::Error),
+        Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
     }
-}
-
-impl<E: Event> std::fmt::Debug for Deliver<'_, E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let d = &self.0;
-        let state = match (&d.outcomes, &d.waiting) {
-            (Some(_), None) => "not started",
-            (Some(_), Some(_)) => "waiting for async handlers",
-            (None, _) => "resolved (or a poll panicked)",
-        };
-        f.debug_struct("Deliver")
-            .field("event", &E::NAME)
-            .field("event_id", &d.event.event_id())
-            .field("attempt", &d.attempt)
-            .field("state", &state)
-            .finish()
-    }
-}
-
-/// An async handler that was still pending after its first poll, waiting for its end or its timeout;
-/// resolves to its index in the hook list and its result (a failure already logged and counted).
-type PendingCall<'a, E> = Pin<Box<dyn Future<Output = (usize, Result<<E as Event>::Output, Failure>)> + Send + 'a>>;
-
-/// Which handlers a delivery calls, and what it does with each one's result.
-trait Outcomes<T> {
-    /// Whether handler `index` (in call order) is called: all are, unless a re-delivery skips some.
-    #[inline]
-    fn called(&self, index: usize) -> bool {
-        let _ = index;
-        true
-    }
-
-    /// Hears handler `index`'s result, a failure already logged and counted.
-    fn report(&mut self, index: usize, result: Result<T, Failure>);
-}
-
-/// Counts the handlers that failed ([`Dispatcher::deliver_attempt`]).
-#[derive(Debug)]
-struct Failures(usize);
-
-impl<T> Outcomes<T> for Failures {
-    #[inline]
-    fn report(&mut self, _index: usize, result: Result<T, Failure>) {
-        self.0 += usize::from(result.is_err());
-    }
-}
-
-/// Skips the handlers named in `skip` and keeps each other one's outcome
-/// ([`Dispatcher::deliver_any_detailed`]).
-#[derive(Debug)]
-struct Detailed<'a> {
-    skip: &'a [String],
-    /// Every handler's qualified name, in call order.
-    names: &'a [Arc<str>],
-    /// Per handler, its outcome; `None` for the skipped ones.
-    out: Vec<Option<HandlerOutcome>>,
-}
-
-impl Outcomes<()> for Detailed<'_> {
-    fn called(&self, index: usize) -> bool {
-        !self.skip.iter().any(|s| **s == *self.names[index])
-    }
-
-    fn report(&mut self, index: usize, result: Result<(), Failure>) {
-        let error = result.err().map(|f| f.to_string());
-        self.out[index] = Some(HandlerOutcome { hook: Arc::clone(&self.names[index]), error });
-    }
-}
-
-/// One delivery of an event, written out as a future instead of an `async fn`: the first poll does
-/// the work in one plain loop ([`Dispatcher::deliver_sync`] or [`Dispatcher::start_all`]), with
-/// nothing of it kept in the future between polls but what pending async handlers need. Resolves to
-/// its [`Outcomes`]. (As an `async fn` that took the first polls in a `poll_fn`, every argument and
-/// capture was stored into the future's state before the loop and read back from it: one async
-/// handler that does not take its context, without isolation, cost 446 instructions per event, 363
-/// with mimalloc; written out, 396 and 296 (371 and 271 with the context lent, not copied; 338 and
-/// 256 since [`Dispatcher::start_all`] is compiled per isolation setting). A plain `fn` handler's
-/// delivery cost ~7 more when this was written, 101 → 108 (105 now): this struct is stored whole
-/// before it is polled, and its `waiting` tested when it is dropped.)
-struct Delivering<'a, E: Event, O> {
-    dispatcher: &'a Dispatcher,
-    event: &'a E,
-    attempt: u32,
-    /// Until the delivery resolves, when it is handed back.
-    outcomes: Option<O>,
-    /// The async handlers still pending after their first poll; `None` before the first poll, and
-    /// after it if none was. (Boxed: dropping a `None` is then one test, where the inline `JoinAll`'s
-    /// drop glue cost ~20 instructions at the end of every delivery.)
-    waiting: Option<Box<futures::future::JoinAll<PendingCall<'a, E>>>>,
-}
-
-impl<'a, E: Event, O: Outcomes<E::Output>> Delivering<'a, E, O> {
-    #[inline]
-    fn new(dispatcher: &'a Dispatcher, event: &'a E, attempt: u32, outcomes: O) -> Self {
-        Self { dispatcher, event, attempt, outcomes: Some(outcomes), waiting: None }
-    }
-}
-
-impl<'a, E: Event, O: Outcomes<E::Output> + Unpin> Future for Delivering<'a, E, O> {
-    type Output = O;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
-        let this = self.get_mut();
-        if this.waiting.is_none() {
-            // The first poll. `outcomes` leaves `self` while the handlers run, so that a poll after
-            // one that panicked (a handler without isolation) panics too instead of delivering the
-            // event a second time.
-            let Some(mut outcomes) = this.outcomes.take() else {
-                panic!("a delivery polled after it resolved or panicked")
-            };
-            let d = this.dispatcher;
-            // Nothing here suspends, so the thread, and with it this thread's tally, stays.
-            let tally = d.delivered::<E>();
-            let list = d.registry.hook_list::<E>();
-            if list.all_sync() {
-                d.deliver_sync(tally, list.as_slice(), this.event, this.attempt, &mut outcomes);
-                return Poll::Ready(outcomes);
-            }
-            let (hooks, event, attempt) = (list.as_slice(), this.event, this.attempt);
-            let pending = match d.config.isolation {
-                Isolation::Contained => d.start_all::<E, true>(cx, tally, hooks, event, attempt, &mut outcomes),
-                Isolation::Off => d.start_all::<E, false>(cx, tally, hooks, event, attempt, &mut outcomes),
-            };
-            let Some(pending) = pending else {
-                return Poll::Ready(outcomes);
-            };
-            this.outcomes = Some(outcomes);
-            // Polled right away, below: that starts each one's timeout.
-            this.waiting = Some(Box::new(futures::future::join_all(pending)));
-        }
-        let waiting = this.waiting.as_mut().expect("set by the first poll");
-        let done = std::task::ready!(Pin::new(&mut **waiting).poll(cx));
-        this.waiting = None;
-        let mut outcomes = this.outcomes.take().expect("kept while handlers are pending");
-        for (i, result) in done {
-            outcomes.report(i, result);
-        }
-        Poll::Ready(outcomes)
-    }
-}
-
-/// A duration in whole nanoseconds, saturating (at 584 years).
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -1064,27 +558,12 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::panic::catch_unwind;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
 
-    /// A plain `fn` call overruns its timeout exactly when its time, scaled to whole nanoseconds as
-    /// `stats` scales it, is above the timeout: the limit in ticks is the last count that is not.
-    #[test]
-    fn the_tick_limit_is_the_last_count_within_the_timeout() {
-        let watch = Stopwatch::new();
-        let limits = [0, 1, 2, 3, 999, 1_000, 5_000_000, 10_000_000_000, 86_400_000_000_000];
-        for nanos in limits {
-            let limit = Duration::from_nanos(nanos);
-            let ticks = watch.ticks_in(limit);
-            assert!(watch.nanos_in(ticks) <= nanos, "{limit:?}: {ticks} ticks are {} ns", watch.nanos_in(ticks));
-            assert!(
-                watch.nanos_in(ticks + 1) > nanos,
-                "{limit:?}: {} ticks are {} ns",
-                ticks + 1,
-                watch.nanos_in(ticks + 1)
-            );
-        }
-        assert_eq!(watch.ticks_in(Duration::MAX), u64::MAX, "no call overruns Duration::MAX");
-    }
+    use super::*;
+    use crate::registry::Hook;
 
     use std::sync::atomic::AtomicUsize;
 
@@ -1132,7 +611,7 @@ mod tests {
 
     fn is_send<T: Send>(_: &T) {}
 
-    /// `deliver`'s future is lazy (the doc says so), `Send`, and refuses a poll after it resolved
+    /// `deliver`'s future is lazy (the doc says so), `Send`, and panics on a poll after it resolved
     /// instead of delivering the event twice.
     #[tokio::test]
     async fn a_delivery_runs_when_first_polled_and_only_once() {
@@ -1142,7 +621,7 @@ mod tests {
         let delivery = dispatcher.deliver(&ev);
         is_send(&delivery);
         assert_eq!(CALLS.load(Ordering::SeqCst), before, "nothing runs before the first poll");
-        let mut delivery = std::pin::pin!(delivery);
+        let mut delivery: Pin<&mut _> = std::pin::pin!(delivery);
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert_eq!(delivery.as_mut().poll(&mut cx), Poll::Ready(Delivery { handlers: 1, failed: 0 }));
@@ -1243,8 +722,8 @@ mod tests {
         assert_eq!((stats.calls, stats.panics), (1, 1));
     }
 
-    /// A handler pending after its first poll gets its timeout at once, in that same poll of the
-    /// delivery: one that never wakes the task is still cancelled when its timeout passes.
+    /// An async handler's timeout runs from its start: one that never wakes the task is still
+    /// cancelled when its timeout passes.
     #[tokio::test(start_paused = true)]
     async fn a_handler_that_never_wakes_is_cancelled_at_its_timeout() {
         let registry = Registry::empty().with(Hook::from_async("never_wakes", never_wakes));
