@@ -71,7 +71,8 @@ pub use registry::Event;
 ///   type or const generics, `impl Trait`, `self`, `unsafe`, `const` and `extern` functions are not. The
 ///   future of an `async fn` must be `Send`.
 /// - **Options**: `priority` (an `i32` literal, default 0, ascending order), `timeout` (`"500ms"`,
-///   `"5s"`, `"2m"`, `"1h"`, `"1m30s"`; parsed at compile time; default: the dispatcher's),
+///   `"5s"`, `"2m"`, `"1h"`, `"1d"`, `"1m30s"`: the forms the CLI's durations take, both parsed by
+///   `humantime`; parsed at compile time; default: the dispatcher's),
 ///   `name` (default: the function's name), `crate` (the path to hooks-core if it is renamed; `crate`
 ///   inside hooks-core).
 ///

@@ -108,7 +108,7 @@ fn check_options(raw: &RawArgs, func: &ItemFn, errors: &mut Errors) -> Options {
                 errors.push(error(
                     lit.span(),
                     format!("malformed timeout {}: {why}", lit.to_token_stream()),
-                    "write a number and a unit, like `\"500ms\"`, `\"5s\"`, `\"2m\"`, `\"1h\"` or `\"1m30s\"`",
+                    "write a number and a unit, like `\"500ms\"`, `\"5s\"`, `\"2m\"`, `\"1h\"`, `\"1d\"` or `\"1m30s\"`",
                 ));
                 None
             }
@@ -187,40 +187,14 @@ fn priority_error(value: &Expr) -> syn::Error {
     )
 }
 
-/// Parses `500ms`, `5s`, `2m`, `1h`, `1m30s` (humantime's short forms; also `sec`, `min`, `hr`).
+/// Parses a timeout as the CLI parses its durations (`humantime`): `500ms`, `5s`, `2m`, `1h`, `1d`,
+/// `1m30s`, `5 seconds`, …; zero is refused.
 pub(crate) fn parse_duration(text: &str) -> Result<Timeout, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("it is empty".to_owned());
-    }
-    let mut total: u128 = 0; // nanoseconds
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!("expected a number at `{rest}`"));
-        }
-        let number: u128 = rest[..digits].parse().map_err(|_| "the number is too large".to_owned())?;
-        rest = rest[digits..].trim_start();
-        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        let scale: u128 = match unit {
-            "" => return Err(format!("`{number}` has no unit")),
-            "ms" | "msec" | "millis" => 1_000_000,
-            "s" | "sec" | "secs" => 1_000_000_000,
-            "m" | "min" | "mins" => 60 * 1_000_000_000,
-            "h" | "hr" | "hrs" => 3_600 * 1_000_000_000,
-            other => return Err(format!("unknown unit `{other}` (use `ms`, `s`, `m` or `h`)")),
-        };
-        total = number.checked_mul(scale).and_then(|n| total.checked_add(n)).ok_or("it is too large")?;
-        rest = rest[unit_len..].trim_start();
-    }
-    if total == 0 {
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
         return Err("a timeout of zero would cancel every call".to_owned());
     }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| "it is too large".to_owned())?;
-    let nanos = (total % 1_000_000_000) as u32;
-    Ok(Timeout { secs, nanos })
+    Ok(Timeout { secs: duration.as_secs(), nanos: duration.subsec_nanos() })
 }
 
 fn check_signature(func: &ItemFn, event: Option<&'static EventInfo>, errors: &mut Errors) -> Option<HookSig> {
@@ -444,15 +418,18 @@ mod tests {
         assert_eq!(parse_duration("1h"), t(3600, 0));
         assert_eq!(parse_duration("1m 30s"), t(90, 0));
         assert_eq!(parse_duration("1s500ms"), t(1, 500_000_000));
+        // The units the CLI's flags take (humantime), days and long names included.
+        assert_eq!(parse_duration("1d"), t(86_400, 0));
+        assert_eq!(parse_duration("5 seconds"), t(5, 0));
     }
 
     #[test]
     fn malformed_timeouts_say_what_is_wrong() {
-        assert_eq!(parse_duration("30"), Err("`30` has no unit".to_owned()));
-        assert_eq!(parse_duration(""), Err("it is empty".to_owned()));
+        assert!(parse_duration("30").unwrap_err().contains("unit needed"));
+        assert!(parse_duration("").is_err());
         assert_eq!(parse_duration("0s"), Err("a timeout of zero would cancel every call".to_owned()));
-        assert!(parse_duration("5 seconds").unwrap_err().contains("unknown unit `seconds`"));
-        assert!(parse_duration("s5").unwrap_err().contains("expected a number"));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown time unit \"parsecs\""));
+        assert!(parse_duration("s5").is_err());
         assert!(parse_duration("99999999999999999999999h").is_err());
     }
 
