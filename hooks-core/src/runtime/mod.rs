@@ -637,7 +637,10 @@ impl Actor {
         let d = &self.shared.deliveries;
         d.dead_letters.fetch_add(recovery.dead_letters, Ordering::Relaxed);
         if recovery.dead_letters > 0 {
-            tracing::warn!(count = recovery.dead_letters, "the store holds dead letters (see `dead-letters list`)");
+            tracing::warn!(
+                count = recovery.dead_letters,
+                "the store holds dead letters: events whose handlers kept failing, kept for inspection and retry"
+            );
         }
         let redelivered = recovery.pending.len() as u64;
         for pending in recovery.pending {

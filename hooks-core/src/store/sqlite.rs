@@ -197,8 +197,8 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// The most store calls committed in one transaction (group commit). Default: 512.
     pub max_batch: usize,
-    /// How long a write waits for another process holding the database's write lock (e.g. the
-    /// `dead-letters retry` command) before failing. Default: 5 seconds.
+    /// How long a write waits for another process holding the database's write lock (e.g. a tool
+    /// retrying dead letters) before failing. Default: 5 seconds.
     pub busy_timeout: Duration,
     /// Caps the database at this many pages (`PRAGMA max_page_count`; 4096 bytes each): a quota. A
     /// write beyond it fails with [`StoreError::Full`] exactly as a full disk would. Default: none.
