@@ -32,15 +32,15 @@ PROFILE = os.environ.get("BENCH_PROFILE", "release")
 OUT_DIR = {"dev": "debug", "test": "debug", "bench": "release"}.get(PROFILE, PROFILE)
 
 
-def build(checkout, target):
+def build(checkout, target, *extra):
     subprocess.run(["cargo", "build", "-q", "--profile", PROFILE, "-p", "gateway-example", "--bin", "gateway-example",
-                    "--example", "tile_corpus"], cwd=checkout, check=True, env={**os.environ, "CARGO_TARGET_DIR": target})
+                    *extra], cwd=checkout, check=True, env={**os.environ, "CARGO_TARGET_DIR": target})
     return os.path.join(target, OUT_DIR)
 
 
 def main():
     new_target = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"))
-    new_dir = build(ROOT, new_target)
+    new_dir = build(ROOT, new_target, "--example", "tile_corpus")
     rev = subprocess.run(["git", "rev-parse", "--short", OLD_REV], cwd=ROOT, check=True, capture_output=True,
                          text=True).stdout.strip()
     old_tree = os.path.join(new_target, "bench-old", rev)

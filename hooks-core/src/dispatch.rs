@@ -40,12 +40,11 @@
 //! after another, because each sees the command as rewritten by the ones before.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -494,8 +493,9 @@ impl Dispatcher {
         self.settle(slot, hook, event, started, result)
     }
 
-    /// Ends a call: adds its time (with isolation), reports a plain `fn`'s overrun as a timeout (it
-    /// cannot be interrupted, so that is known only once it returns), and logs and counts a failure.
+    /// Ends a call: adds its time (with isolation), reports a call that returned after its timeout as
+    /// timed out (a plain `fn`, or an async one that blocked in a poll: neither can be interrupted),
+    /// and logs and counts a failure.
     #[inline]
     fn settle<E: Event>(
         &self,
