@@ -5,7 +5,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 
 use compact_str::CompactString;
-use hashbrown::{DefaultHashBuilder, HashMap};
+use hashbrown::{DefaultHashBuilder, HashTable};
 use jiff::Timestamp;
 
 use super::command::parse_reset_command;
@@ -87,16 +87,15 @@ fn reason_index(reason: CloseReason) -> usize {
 /// An open session.
 #[derive(Debug)]
 struct Session {
+    key: SessionKey,
     id: SessionId,
     /// Opening order: ties between closes at one instant go in this order.
     seq: u64,
     user_id: CompactString,
     started_at: Timestamp,
-    /// Idle deadline (last message + idle timeout), nanoseconds since the Unix epoch.
+    /// Idle deadline (last message + idle timeout), nanoseconds since the Unix epoch. Its entry in
+    /// [`Engine::deadlines`] is `(due_of(sweep, deadline), seq)`.
     deadline: i128,
-    /// When expiry closes it (the deadline, or the first sweep instant at or after it): its entry in
-    /// [`Engine::deadlines`] is `(due, seq)`.
-    due: i128,
     message_count: u64,
     transcript: VecDeque<TranscriptEntry>,
     /// Whether messages were dropped from the transcript.
@@ -115,10 +114,10 @@ struct Session {
 /// processed at the clock's time. Closes due at the same instant happen in the order the sessions
 /// opened.
 ///
-/// Open sessions are a [`hashbrown::HashMap`] by key, with the hasher `S` (a per-process random seed by
-/// default; tests inject others). Expiry deadlines are a `BTreeMap` kept exact on every message, so a
-/// message costs one hash lookup and `O(log n)`, an expiry `O(log n)`; only the daily reset and
-/// shutdown, which close every session, visit them all.
+/// Open sessions are a [`hashbrown::HashTable`] found by the hash of their key, with the hasher `S` (a
+/// per-process random seed by default; tests inject others). Expiry deadlines are a `BTreeMap` kept
+/// exact on every message, so a message costs one hash lookup and `O(log n)`, an expiry `O(log n)`; only
+/// the daily reset and shutdown, which close every session, visit them all.
 ///
 /// ```
 /// use hooks_core::event::{AnyEvent, CloseReason, SessionKey};
@@ -142,15 +141,19 @@ pub struct Engine<S = DefaultHashBuilder> {
     idle: i128,
     sweep: Option<i128>,
     ids: SessionIds,
-    /// Sessions opened so far: the last `seq` given.
+    /// Sessions opened or restored so far: the last `seq` given.
     seq: u64,
     /// The clock, `None` before the first input.
     now: Option<Timestamp>,
     /// The next daily reset, in nanoseconds since the Unix epoch.
     next_reset: Option<i128>,
-    sessions: HashMap<SessionKey, Session, S>,
-    /// Every open session's expiry, `(due, seq)`: the earliest first, ties in opening order.
-    deadlines: BTreeMap<(i128, u64), SessionKey>,
+    hasher: S,
+    /// Open sessions, by the hash of their key. Boxed: a table holds up to twice as many buckets as
+    /// entries, and a bucket is then a pointer rather than a whole session.
+    sessions: HashTable<Box<Session>>,
+    /// Every open session's expiry, `(due, seq)`, to the hash of its key: the earliest first, ties in
+    /// opening order.
+    deadlines: BTreeMap<(i128, u64), u64>,
     stats: EngineStats,
 }
 
@@ -192,7 +195,8 @@ impl<S: BuildHasher> Engine<S> {
             seq: 0,
             now: None,
             next_reset: None,
-            sessions: HashMap::with_hasher(hasher),
+            hasher,
+            sessions: HashTable::new(),
             deadlines: BTreeMap::new(),
             stats: EngineStats::default(),
         }
@@ -229,29 +233,32 @@ impl<S: BuildHasher> Engine<S> {
         let t = at.as_nanosecond();
         self.run_until(t, out);
         let command = parse_reset_command(text);
+        let hash = self.hasher.hash_one(key);
 
         let mut closed = None;
         let mut cause = StartCause::Message;
         // Step 1: found past its deadline before a sweep closed it.
-        if self.sessions.get(key).is_some_and(|s| t >= s.deadline) {
-            closed = self.close(key, CloseReason::AutoReset, at, out);
+        if self.find(hash, key).is_some_and(|s| t >= s.deadline) {
+            closed = self.close_key(hash, key, CloseReason::AutoReset, at, out);
             cause = StartCause::AutoReset;
         }
         // Step 2: a reset command closes what is open.
         if let Some(reason) = command
-            && self.sessions.contains_key(key)
+            && self.find(hash, key).is_some()
         {
-            closed = self.close(key, reason, at, out);
+            closed = self.close_key(hash, key, reason, at, out);
             cause = StartCause::Command;
         }
         // Step 3: open one if none is.
-        let opened = !self.sessions.contains_key(key);
+        let opened = self.find(hash, key).is_none();
         if opened {
             self.open(key.clone(), user_id, at, cause, closed.map(|c| c.session_id), out);
         }
         // Step 5: count the message and move the deadline.
         let (idle, sweep, limit) = (self.idle, self.sweep, self.policy.transcript_limit);
-        let Some(session) = self.sessions.get_mut(key) else { unreachable!("the key's session is open") };
+        let Some(session) = self.sessions.find_mut(hash, |s| s.key == *key) else {
+            unreachable!("the key's session is open")
+        };
         session.message_count += 1;
         if limit > 0 {
             if session.transcript.len() >= limit {
@@ -262,15 +269,14 @@ impl<S: BuildHasher> Engine<S> {
         } else {
             session.truncated = true;
         }
+        let old_due = due_of(sweep, session.deadline);
         session.deadline = t + idle;
-        let old_due = session.due;
-        session.due = due_of(sweep, session.deadline);
-        let (due, seq) = (session.due, session.seq);
+        let (due, seq) = (due_of(sweep, session.deadline), session.seq);
         let routed =
             Routed { session_id: session.id, command, opened, closed, at, message_count: session.message_count };
         if due != old_due {
-            let key = self.deadlines.remove(&(old_due, seq)).expect("an open session has a deadline");
-            self.deadlines.insert((due, seq), key);
+            self.deadlines.remove(&(old_due, seq));
+            self.deadlines.insert((due, seq), hash);
         }
         self.stats.messages += 1;
         routed
@@ -284,8 +290,8 @@ impl<S: BuildHasher> Engine<S> {
     pub fn shutdown(&mut self, at: Timestamp, out: &mut Vec<AnyEvent>) {
         let at = self.set_clock(at);
         self.run_until(at.as_nanosecond(), out);
-        for key in self.open_keys_in_order() {
-            self.close(&key, CloseReason::Shutdown, at, out);
+        for (entry, hash) in self.open_in_order() {
+            self.close(entry, hash, |_| CloseReason::Shutdown, at, out);
         }
     }
 
@@ -341,27 +347,25 @@ impl<S: BuildHasher> Engine<S> {
         let limit = self.policy.transcript_limit;
         let mut restored = 0;
         for s in sessions {
-            if self.sessions.contains_key(&s.key) {
+            if self.find(self.hasher.hash_one(&s.key), &s.key).is_some() {
                 continue;
             }
             let mut transcript = VecDeque::from(s.transcript);
             transcript.drain(..transcript.len().saturating_sub(limit));
             let truncated = (transcript.len() as u64) < s.message_count;
             let deadline = s.last_message_at.as_nanosecond() + self.idle;
-            self.insert(
-                s.key,
-                Session {
-                    id: s.session_id,
-                    seq: 0,
-                    user_id: s.user_id.as_str().into(),
-                    started_at: s.started_at,
-                    deadline,
-                    due: due_of(self.sweep, deadline),
-                    message_count: s.message_count,
-                    transcript,
-                    truncated,
-                },
-            );
+            self.seq += 1;
+            self.insert(Session {
+                key: s.key,
+                id: s.session_id,
+                seq: self.seq,
+                user_id: s.user_id.as_str().into(),
+                started_at: s.started_at,
+                deadline,
+                message_count: s.message_count,
+                transcript,
+                truncated,
+            });
             restored += 1;
         }
         let first_new = out.len();
@@ -397,12 +401,12 @@ impl<S: BuildHasher> Engine<S> {
 
     /// The open session of `key`, if any.
     pub fn open_session(&self, key: &SessionKey) -> Option<SessionId> {
-        self.sessions.get(key).map(|s| s.id)
+        self.find(self.hasher.hash_one(key), key).map(|s| s.id)
     }
 
     /// The idle deadline (UTC) of `key`'s open session: its last message's time plus the idle timeout.
     pub fn idle_deadline(&self, key: &SessionKey) -> Option<Timestamp> {
-        self.sessions.get(key).map(|s| ts(s.deadline))
+        self.find(self.hasher.hash_one(key), key).map(|s| ts(s.deadline))
     }
 
     /// Counters since the engine was made.
@@ -432,31 +436,33 @@ impl<S: BuildHasher> Engine<S> {
         let reset = self.next_reset.filter(|&r| r <= now);
         // Idle closes strictly before a due daily reset happen first; at the reset instant every open
         // session closes at once, in opening order, whatever its own deadline says.
-        while let Some(entry) = self.deadlines.first_entry() {
-            let (due, _) = *entry.key();
+        while let Some((&(due, seq), &hash)) = self.deadlines.first_key_value() {
             if reset.map_or(due > now, |r| due >= r) {
                 break;
             }
-            let key = entry.remove();
-            self.close_removed(key, CloseReason::IdleExpiry, ts(due), out);
+            self.close((due, seq), hash, |_| CloseReason::IdleExpiry, ts(due), out);
         }
         let Some(r) = reset else { return };
         let at = ts(r);
-        for key in self.open_keys_in_order() {
-            let idle = self.sessions[&key].deadline <= r;
-            let reason = if idle { CloseReason::IdleExpiry } else { CloseReason::ScheduledReset };
-            self.close(&key, reason, at, out);
+        let reason = |s: &Session| if s.deadline <= r { CloseReason::IdleExpiry } else { CloseReason::ScheduledReset };
+        for (entry, hash) in self.open_in_order() {
+            self.close(entry, hash, reason, at, out);
         }
         // Every session is closed now, so later resets up to `now` would close nothing: skip to the first
         // one after `now` (a reset exactly at `now` precedes any message routed at `now`).
         self.next_reset = self.next_reset_after(now);
     }
 
-    /// The keys of every open session, oldest first.
-    fn open_keys_in_order(&self) -> Vec<SessionKey> {
-        let mut open: Vec<(u64, &SessionKey)> = self.sessions.iter().map(|(k, s)| (s.seq, k)).collect();
-        open.sort_unstable_by_key(|&(seq, _)| seq);
-        open.into_iter().map(|(_, k)| k.clone()).collect()
+    /// Every open session's deadline entry and key hash, oldest first.
+    fn open_in_order(&self) -> Vec<((i128, u64), u64)> {
+        let mut open: Vec<_> = self.deadlines.iter().map(|(&entry, &hash)| (entry, hash)).collect();
+        open.sort_unstable_by_key(|&((_, seq), _)| seq);
+        open
+    }
+
+    /// `key`'s open session; `hash` is the key's.
+    fn find(&self, hash: u64, key: &SessionKey) -> Option<&Session> {
+        self.sessions.find(hash, |s| s.key == *key).map(|s| &**s)
     }
 
     /// Opens a session for `key` at `at` and emits its `SessionStart`.
@@ -469,77 +475,82 @@ impl<S: BuildHasher> Engine<S> {
         previous: Option<SessionId>,
         out: &mut Vec<AnyEvent>,
     ) {
+        self.seq += 1;
         let id = match self.ids {
-            SessionIds::Sequential => SessionId::from_u128(u128::from(self.seq + 1)),
+            SessionIds::Sequential => SessionId::from_u128(u128::from(self.seq)),
             SessionIds::Random => SessionId::new_random(),
         };
         let user_id = CompactString::from(user_id);
         out.push(AnyEvent::SessionStart(SessionStart::new(id, key.clone(), user_id.clone(), at, cause, previous)));
-        let deadline = at.as_nanosecond() + self.idle;
-        self.insert(
+        self.insert(Session {
             key,
-            Session {
-                id,
-                seq: 0,
-                user_id,
-                started_at: at,
-                deadline,
-                due: due_of(self.sweep, deadline),
-                message_count: 0,
-                transcript: VecDeque::new(),
-                truncated: false,
-            },
-        );
+            id,
+            seq: self.seq,
+            user_id,
+            started_at: at,
+            deadline: at.as_nanosecond() + self.idle,
+            message_count: 0,
+            transcript: VecDeque::new(),
+            truncated: false,
+        });
         self.stats.opened += 1;
     }
 
-    /// Adds an open session (numbered in opening order) and its deadline.
-    fn insert(&mut self, key: SessionKey, mut session: Session) {
-        self.seq += 1;
-        session.seq = self.seq;
-        self.deadlines.insert((session.due, session.seq), key.clone());
-        let previous = self.sessions.insert(key, session);
-        debug_assert!(previous.is_none(), "a key has at most one open session");
+    /// Adds an open session and its deadline.
+    fn insert(&mut self, session: Session) {
+        let hash = self.hasher.hash_one(&session.key);
+        debug_assert!(self.find(hash, &session.key).is_none(), "a key has at most one open session");
+        self.deadlines.insert((due_of(self.sweep, session.deadline), session.seq), hash);
+        let hasher = &self.hasher;
+        self.sessions.insert_unique(hash, Box::new(session), |s| hasher.hash_one(&s.key));
     }
 
-    /// Closes `key`'s open session at `at` with `reason`. The only way, with
-    /// [`close_removed`](Self::close_removed), that a session leaves the open state.
-    fn close(
+    /// Closes `key`'s open session at `at` with `reason`, if it has one; `hash` is the key's.
+    fn close_key(
         &mut self,
+        hash: u64,
         key: &SessionKey,
         reason: CloseReason,
         at: Timestamp,
         out: &mut Vec<AnyEvent>,
     ) -> Option<Closed> {
-        let session = self.sessions.get(key)?;
-        let key = self.deadlines.remove(&(session.due, session.seq)).expect("an open session has a deadline");
-        self.close_removed(key, reason, at, out)
+        let session = self.find(hash, key)?;
+        let entry = (due_of(self.sweep, session.deadline), session.seq);
+        Some(self.close(entry, hash, |_| reason, at, out))
     }
 
-    /// Closes the open session of `key`, whose deadline entry is already gone, and emits its
-    /// `SessionEnd`.
-    fn close_removed(
+    /// Closes the open session whose deadline entry is `entry` (its key hashing to `hash`) at `at`, with
+    /// the reason `reason` gives for it, and emits its `SessionEnd`. The only place a session leaves the
+    /// open state.
+    fn close(
         &mut self,
-        key: SessionKey,
-        reason: CloseReason,
+        entry: (i128, u64),
+        hash: u64,
+        reason: impl FnOnce(&Session) -> CloseReason,
         at: Timestamp,
         out: &mut Vec<AnyEvent>,
-    ) -> Option<Closed> {
-        let session = self.sessions.remove(&key)?;
-        let transcript = Transcript::new(Vec::from(session.transcript), session.truncated);
+    ) -> Closed {
+        self.deadlines.remove(&entry);
+        let Ok(found) = self.sessions.find_entry(hash, |s| s.seq == entry.1) else {
+            unreachable!("every deadline entry belongs to an open session")
+        };
+        let session = found.remove().0;
+        let reason = reason(&session);
+        let Session { key, id, user_id, started_at, message_count, transcript, truncated, .. } = *session;
+        let transcript = Transcript::new(Vec::from(transcript), truncated);
         out.push(AnyEvent::SessionEnd(SessionEnd::new(
-            session.id,
+            id,
             key,
-            session.user_id,
+            user_id,
             reason,
-            session.started_at,
+            started_at,
             at,
             at,
-            session.message_count,
+            message_count,
             transcript,
         )));
         self.stats.closed_by_reason[reason_index(reason)] += 1;
-        Some(Closed { session_id: session.id, reason })
+        Closed { session_id: id, reason }
     }
 }
 
