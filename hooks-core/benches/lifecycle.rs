@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p hooks-core --bench lifecycle`. The memory figures are printed before the timings;
 //! they come from a counting global allocator, so they include every heap byte the engine holds
-//! (slab, hash table, timer heap, free list; transcripts are off, keys are short enough to be inline).
+//! (the session table, the boxed sessions, the deadline map; transcripts are off, keys are short enough
+//! to be inline).
 
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::hint::black_box;
@@ -174,7 +175,7 @@ impl Hasher for IdentityHasher {
 
 type Prehashed = BuildHasherDefault<IdentityHasher>;
 
-/// A 128-byte value aligned like the engine's hot record (two adjacent cache lines).
+/// A 128-byte value filling two adjacent cache lines: a small session record.
 #[derive(Clone, Copy, Default)]
 #[repr(align(128))]
 struct Record([u64; 16]);
@@ -249,10 +250,9 @@ fn bench_limit_hashmap(c: &mut Criterion) {
 /// The limits of `one_idle_expiry`, timed one op at a time like it.
 ///
 /// `limit_record_in_deadline_order`: touch (read and write) the next 128-byte record in deadline
-/// order. `slot_order` is how `populated` lays sessions out (the i-th opened, the i-th to fall due, is
-/// in the i-th slot, and an expired key reopens into the slot it left), so the engine's expiry bench
-/// walks its records in address order; `random` is a random permutation of the positions, as slots
-/// freed and reused by real traffic would give.
+/// order. `slot_order` walks the records in address order (sessions allocated in the order they fall
+/// due); `random` is a random permutation of the positions, as records freed and reused by real
+/// traffic would give.
 ///
 /// `limit_expiry_with_index_remove`: what an expiry in this bench must do at the least: the record in
 /// slot order plus removing its key from a hash index (a plain map from the key's hash to its slot;
