@@ -9,7 +9,8 @@ highest run, and the figures the goals are stated in (docs/benchmarks.md):
   registry costs at least, without the dispatcher's statistics, per-handler context and reports);
 - async: (dispatch - direct awaits) / N, ns per handler above the limit (goal: at most 40 ns);
 - isolation: (isolated - no isolation) / N, ns per handler (goal: at most 500 ns);
-- Python: a popular Python gateway's emit (0.4 / 1.5 / 12 us at N = 1 / 10 / 100) / ours (goal: 20x).
+
+The ratio to a Python gateway's emit is measured side by side by scripts/bench_python_peer.py.
 
 Usage: python3 scripts/bench_dispatch.py [RUNS]   (default 5; each run takes about a minute)
 Repeating matters on a shared VM, where one criterion run can be 2x off the next.
@@ -20,7 +21,6 @@ root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 # cargo runs from the root, so a relative CARGO_TARGET_DIR is relative to it.
 target = os.path.join(root, os.environ.get("CARGO_TARGET_DIR", "target"))
-PYTHON_NS = {1: 400.0, 10: 1500.0, 100: 12000.0}
 NS = [1, 10, 100]
 LABELS = ["direct", "walk", "no_isolation", "isolated"]
 KINDS = ["sync", "async", "async_mimalloc"]
@@ -55,9 +55,8 @@ print()
 for n in NS:
     d, walk, off, iso = (med[("sync", l, n)] for l in LABELS)
     print(f"sync N={n}: {off / d:.2f}x direct (the walk {walk / d:.2f}x; ours / walk {off / walk:.2f}x); "
-          f"isolation {(iso - off) / n:.0f} ns/handler; "
-          f"Python/ours {PYTHON_NS[n] / off:.1f}x (no isolation), {PYTHON_NS[n] / iso:.1f}x (isolated)")
+          f"isolation {(iso - off) / n:.0f} ns/handler")
 for kind, n in [(kind, n) for kind in KINDS[1:] for n in NS]:
     d, walk, off, iso = (med[(kind, l, n)] for l in LABELS)
-    print(f"{kind} N={n}: {(off - d) / n:.1f} ns/handler above direct awaits (the walk {(walk - d) / n:.1f}); isolation {(iso - off) / n:.0f} ns/handler; "
-          f"Python/ours {PYTHON_NS[n] / off:.1f}x (no isolation), {PYTHON_NS[n] / iso:.1f}x (isolated)")
+    print(f"{kind} N={n}: {(off - d) / n:.1f} ns/handler above direct awaits (the walk {(walk - d) / n:.1f}); "
+          f"isolation {(iso - off) / n:.0f} ns/handler")
